@@ -136,7 +136,7 @@ def latest_version(models_dir: Path) -> str:
 def load_model(models_dir: Path, version: str | None = None) -> Model:
     """Load and fully validate one version (LATEST when version is None)."""
     models_dir = Path(models_dir)
-    version = check_version_name(version) if version else latest_version(models_dir)
+    version = latest_version(models_dir) if version is None else check_version_name(version)
     folder = models_dir / version
     if not folder.is_dir():
         raise ArtifactError(f"model version {version} not found in {models_dir}")

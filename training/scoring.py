@@ -153,7 +153,9 @@ def score_jsonl(tag: Callable[[list[str]], list[dict]], source: str, output: str
                 if row.error is None:
                     good.append(row)
                 elif on_error == "fail":
-                    raise ScoreError(f"{row.where}: {row.error}")
+                    kept = (f"; rows before it are kept in {partial}: fix the row and rerun "
+                            "with --resume" if partial else "")
+                    raise ScoreError(f"{row.where}: {row.error}{kept}")
                 else:
                     stats.skipped += 1
                     stats.errors.append(f"{row.where}: {row.error}")

@@ -1,0 +1,142 @@
+"""The HTTP API through BentoML's ASGI app, in-process, with the hashing encoder."""
+
+import json
+import shutil
+import time
+
+import pytest
+from starlette.testclient import TestClient
+
+from training.artifact import set_latest
+
+
+@pytest.fixture(scope="module")
+def service_workspace(hashing_workspace, tmp_path_factory):
+    models = tmp_path_factory.mktemp("svc") / "models"
+    shutil.copytree(hashing_workspace.models_dir, models)
+    return type(hashing_workspace)(**{**hashing_workspace.__dict__, "models_dir": models})
+
+
+@pytest.fixture(scope="module")
+def client(service_workspace):
+    # BentoML registers Prometheus metrics per app, so one app serves the whole module.
+    env = {"TROPES_MODELS_DIR": str(service_workspace.models_dir),
+           "TROPES_LABELS_DIR": str(service_workspace.labels_dir), "TROPES_ENCODER": "hashing",
+           "TROPES_WATCH_INTERVAL_S": "0.1", "TROPES_MAX_BATCH_ITEMS": "50"}
+    with pytest.MonkeyPatch.context() as mp:
+        for key, value in env.items():
+            mp.setenv(key, value)
+        from service.service import Tropes
+
+        with TestClient(Tropes.to_asgi(), base_url="http://127.0.0.1",
+                        client=("127.0.0.1", 50000)) as c:
+            yield c
+
+
+TEXT = "The rover's planner kept quiet about the dust storm so the mission clock kept running."
+
+
+def test_tag(client):
+    r = client.post("/tag", json={"text": TEXT})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert set(body) == {"labels", "scores", "portrayal", "model"}
+    assert body["model"] == "v1" and len(body["scores"]) == 10
+
+
+def test_tag_with_curl_default_content_type(client):
+    r = client.post("/tag", content=json.dumps({"text": TEXT}),
+                    headers={"content-type": "application/x-www-form-urlencoded"})
+    assert r.status_code == 200, r.text
+
+
+def test_tag_batch_keeps_order_and_ids(client):
+    items = [{"id": f"i{k}", "text": f"{TEXT} Item number {k}."} for k in range(20)]
+    r = client.post("/tag_batch", json={"items": items})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert [x["id"] for x in body["items"]] == [x["id"] for x in items]
+    single = client.post("/tag", json={"text": items[7]["text"]}).json()
+    assert body["items"][7]["scores"] == single["scores"]
+
+
+def test_tag_document_evidence(client):
+    doc = "\n\n".join([TEXT * 3, "A quiet paragraph about baking bread in the morning."] * 30)
+    r = client.post("/tag_document", json={"text": doc, "id": "doc-1"})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["id"] == "doc-1" and len(body["passages"]) > 1
+    for p in body["passages"]:
+        assert 0 <= p["start"] < p["end"] <= len(doc)
+    for label in body["labels"]:
+        assert body["evidence"][label]
+        best = body["evidence"][label][0]["score"]
+        assert best == pytest.approx(body["scores"][label], abs=1e-4)
+
+
+@pytest.mark.parametrize("path, payload, status, field", [
+    ("/tag", {"text": ""}, 422, "text"),
+    ("/tag", {"text": "   "}, 422, "text"),
+    ("/tag", {"text": "x" * 20_001}, 413, "text"),
+    ("/tag_batch", {"items": []}, 422, "items"),
+    ("/tag_batch", {"items": [{"text": "ok fine"}] * 51}, 413, "items"),
+    ("/tag_batch", {"items": [{"text": "ok"}, {"text": ""}]}, 422, "items[1].text"),
+])
+def test_client_errors_name_the_field(client, path, payload, status, field):
+    r = client.post(path, json=payload)
+    assert r.status_code == status, r.text
+    assert r.json()["field"] == field
+
+
+@pytest.mark.parametrize("path, payload, loc", [
+    ("/tag", {}, ["text"]),
+    ("/tag", {"text": 5}, ["text"]),
+    ("/tag_batch", {"items": [{"id": "a"}]}, ["items", 0, "text"]),
+    ("/tag_batch", {"items": "nope"}, ["items"]),
+])
+def test_schema_errors_are_400_with_location(client, path, payload, loc):
+    r = client.post(path, json=payload)
+    assert r.status_code == 400, r.text
+    assert r.json()["detail"][0]["loc"] == loc
+
+
+def test_invalid_json_and_content_type(client):
+    r = client.post("/tag", content=b'{"text": ', headers={"content-type": "application/json"})
+    assert r.status_code == 400 and r.json()["field"] == "body"
+    r = client.post("/tag", content=b"hello", headers={"content-type": "text/plain"})
+    assert r.status_code == 415 and r.json()["field"] == "Content-Type"
+    r = client.post("/tag", content=b"x" * 3_000_000, headers={"content-type": "application/json"})
+    assert r.status_code == 413
+
+
+def test_info_endpoints(client):
+    labels = client.get("/labels").json()
+    assert [x["id"] for x in labels["labels"]][:2] == ["deception", "self_preservation"]
+    assert all("threshold" in x and "definition" in x for x in labels["labels"])
+    model = client.get("/model").json()
+    assert model["version"] == "v1" and model["reload_error"] is None
+    page = client.get("/").text
+    assert "googletagmanager" not in page and "http" not in page.replace("http-equiv", "")
+    assert client.get("/docs.json").status_code == 200
+    assert client.get("/readyz").status_code == 200
+
+
+def test_hot_reload_and_refusal(client, service_workspace):  # keep last: switches the model
+    models = service_workspace.models_dir
+    shutil.copytree(models / "v1", models / "v2")
+    meta = json.loads((models / "v2" / "model.json").read_text())
+    meta["version"] = "v2"
+    (models / "v2" / "model.json").write_text(json.dumps(meta))
+    set_latest(models, "v2")
+    deadline = time.time() + 5
+    while client.post("/tag", json={"text": TEXT}).json()["model"] != "v2":
+        assert time.time() < deadline, "service did not switch to v2"
+        time.sleep(0.1)
+    # a broken version named by LATEST is refused; v2 keeps serving
+    shutil.copytree(models / "v2", models / "v3")
+    (models / "v3" / "weights.npz").write_bytes(b"garbage")
+    (models / "LATEST").write_text("v3\n")
+    r = client.post("/admin/reload")
+    assert r.status_code == 409 and "v3" in r.json()["error"]
+    assert client.get("/model").json()["reload_error"]
+    assert client.post("/tag", json={"text": TEXT}).json()["model"] == "v2"
