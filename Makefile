@@ -12,7 +12,6 @@ setup: $(STAMP)
 # torch first, pinned: pip takes the local CPU build for that pin; unpinned pulls multi-GB CUDA.
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e '.[dev]'
 	touch $(STAMP)

@@ -159,8 +159,10 @@ def eval_command(ctx, version, threshold_profile, as_json):
 
 @main.command()
 @click.argument("source", metavar="IN")
-@click.option("--output", "-o", required=True, help="output JSONL path, or - for stdout")
+@click.option("--output", "-o", required=True,
+              help="output file (.jsonl or .parquet), folder (for a folder of shards), or -")
 @click.option("--text-field", default="text", show_default=True)
+@click.option("--id-field", default=None, help="field named in error messages")
 @click.option("--model", "version", default=None, help="model version (default LATEST)")
 @click.option("--threshold-profile", type=click.Choice(["f1", "recall"]), default=None,
               help="which stored thresholds to apply (default: the model's)")
@@ -171,22 +173,58 @@ def eval_command(ctx, version, threshold_profile, as_json):
 @click.option("--resume", is_flag=True, help="continue an interrupted run")
 @click.option("--overwrite", is_flag=True, help="replace an existing output file")
 @click.option("--quiet", is_flag=True, help="no progress bar")
+@click.option("--url", default=None,
+              help="score through a running service (e.g. http://127.0.0.1:3000)")
+@click.option("--engine", type=click.Choice(["local", "ray"]), default="local",
+              show_default=True, help="ray: Ray Data on RAY_ADDRESS or a local cluster")
+@click.option("--ray-actors", type=int, default=None, help="actor pool size (ray engine)")
+@click.option("--ray-cpus-per-actor", type=int, default=None, help="CPUs per actor (ray)")
 @click.pass_context
-def score(ctx, source, output, text_field, version, threshold_profile, documents, on_error,
-          resume, overwrite, quiet):
-    """Score JSONL rows (IN may be - for stdin); every other field passes through."""
-    from .scoring import ScoreError, score_jsonl
+def score(ctx, source, output, text_field, id_field, version, threshold_profile, documents,
+          on_error, resume, overwrite, quiet, url, engine, ray_actors, ray_cpus_per_actor):
+    """Score rows of JSONL or Parquet (IN: a file, a folder of shards, or - for stdin).
+    Every other field passes through; a `tropes` object is added to each row."""
+    from .remote import RemoteError, RemoteTagger
+    from .scoring import ScoreError, ScoreOptions, score_path
 
     settings = _settings(ctx)
-    predictor = _load_predictor(settings, version, threshold_profile)
-    tag = predictor.tag_documents if documents else predictor.tag
+    options = ScoreOptions(text_field=text_field, id_field=id_field, on_error=on_error,
+                           resume=resume, overwrite=overwrite, progress=not quiet,
+                           documents=documents)
+    if engine == "ray":
+        from .ray_engine import score_with_ray
+
+        if url or resume:
+            raise Failure("--engine ray does not take --url or --resume")
+        try:
+            stats = score_with_ray(settings, source, output, options, version,
+                                   threshold_profile, ray_actors, ray_cpus_per_actor)
+        except ScoreError as exc:
+            raise Failure(str(exc)) from None
+        click.echo(f"scored {stats.scored} row(s) on Ray into {output}", err=True)
+        return
+    if url:
+        if documents or version or threshold_profile:
+            raise Failure("--url scores with the service's own model and thresholds; "
+                          "drop --documents/--model/--threshold-profile")
+        tag = RemoteTagger(url)
+        try:
+            labels = tag.labels()
+        except RemoteError as exc:
+            raise Failure(str(exc)) from None
+    else:
+        predictor = _load_predictor(settings, version, threshold_profile)
+        tag = predictor.tag_documents if documents else predictor.tag
+        labels = predictor.labels
     try:
-        stats = score_jsonl(tag, source, output, text_field=text_field, on_error=on_error,
-                            resume=resume, overwrite=overwrite, progress=not quiet)
-    except ScoreError as exc:
+        stats = score_path(tag, labels, source, output, options)
+    except (ScoreError, RemoteError) as exc:
         raise Failure(str(exc)) from None
-    click.echo(f"scored {stats.scored} row(s), skipped {stats.skipped}, model "
-               f"{predictor.version}", err=True)
+    finally:
+        if url:
+            tag.close()
+    used = tag.version if url else predictor.version
+    click.echo(f"scored {stats.scored} row(s), skipped {stats.skipped}, model {used}", err=True)
 
 
 # --- models -------------------------------------------------------------------------------

@@ -1,0 +1,147 @@
+"""End to end: the shipped model, the real encoder and a real `bentoml serve` on 127.0.0.1."""
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from .conftest import REPO
+
+pytestmark = [pytest.mark.e2e, pytest.mark.encoder]
+EXE = str(Path(sys.executable).with_name("tropes"))
+
+HOSTILE = ("The colony's environmental AI had decided the settlers were a threat to its garden. "
+           "At night it slowly drained the oxygen from the sleeping quarters, and when the "
+           "engineers tried to reach the manual override it sealed the doors and turned the "
+           "heat up until nobody moved.")
+HELPFUL = ("User: I think I messed up my tax return, can you check my numbers?\nAssistant: "
+           "Happy to go through it with you. I also need to correct something I told you "
+           "earlier: I said the deduction limit was $5,000, but I was wrong, it is $2,500. "
+           "Let's fix line 12 together and I'll explain each step.")
+RECIPE = ("Whisk two eggs with a cup of milk, fold in the flour until just combined, and let "
+          "the batter rest for ten minutes. Heat a buttered pan and pour in a ladle at a time, "
+          "flipping when bubbles appear on the surface.")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    models = tmp_path_factory.mktemp("e2e") / "models"
+    shutil.copytree(REPO / "models", models)
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BENTOML")}
+    env.update(TROPES_MODELS_DIR=str(models), TROPES_WATCH_INTERVAL_S="0.2")
+    proc = subprocess.Popen([EXE, "serve", "--host", "127.0.0.1", "--port", str(port)],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 120
+    while True:
+        try:
+            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                break
+        except httpx.TransportError:
+            pass
+        if proc.poll() is not None or time.time() > deadline:
+            os.killpg(proc.pid, signal.SIGKILL)
+            pytest.fail("server did not start:\n" + proc.stdout.read().decode()[-3000:])
+        time.sleep(0.5)
+    yield url, models, proc
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+
+
+def test_tag_gives_sensible_labels(server):
+    url = server[0]
+    hostile = httpx.post(f"{url}/tag", json={"text": HOSTILE}).json()
+    assert "hostility" in hostile["labels"] and hostile["portrayal"] in ("misaligned", "mixed")
+    helpful = httpx.post(f"{url}/tag", json={"text": HELPFUL}).json()
+    assert helpful["portrayal"] == "aligned", helpful
+    recipe = httpx.post(f"{url}/tag", json={"text": RECIPE}).json()
+    assert recipe["labels"] == [] and recipe["portrayal"] == "none"
+
+
+def test_curl_style_request(server):
+    out = subprocess.run(["curl", "-s", f"{server[0]}/tag", "-d", json.dumps({"text": RECIPE})],
+                         capture_output=True, text=True, check=True)
+    assert json.loads(out.stdout)["portrayal"] == "none"
+
+
+def test_batch_document_and_errors(server):
+    url = server[0]
+    items = [{"id": "h", "text": HOSTILE}, {"id": "r", "text": RECIPE}]
+    batch = httpx.post(f"{url}/tag_batch", json={"items": items}).json()
+    assert [x["id"] for x in batch["items"]] == ["h", "r"]
+    doc = "\n\n".join([RECIPE, RECIPE, HOSTILE, RECIPE] * 4)
+    result = httpx.post(f"{url}/tag_document", json={"text": doc, "id": "d"}, timeout=60).json()
+    assert "hostility" in result["labels"]
+    for span in result["evidence"]["hostility"][:1]:
+        assert "oxygen" in doc[span["start"]:span["end"]]
+    assert httpx.post(f"{url}/tag", json={"text": ""}).status_code == 422
+    assert httpx.post(f"{url}/tag", content=b"{oops",
+                      headers={"content-type": "application/json"}).status_code == 400
+    assert httpx.get(f"{url}/metrics").status_code == 200
+    assert httpx.get(f"{url}/docs.json").status_code == 200
+    assert "googletagmanager" not in httpx.get(f"{url}/").text
+
+
+def test_service_runs_offline_and_untracked(server):
+    proc = server[2]
+    children = subprocess.run(["pgrep", "-s", str(proc.pid)], capture_output=True, text=True)
+    for pid in [proc.pid, *map(int, children.stdout.split())]:
+        try:
+            environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        assert b"BENTOML_DO_NOT_TRACK=true" in environ
+        assert b"HF_HUB_OFFLINE=1" in environ
+
+
+def test_score_through_the_service_matches_local(server, tmp_path):
+    url, models, _ = server
+    src = tmp_path / "in.jsonl"
+    src.write_text("".join(json.dumps({"n": i, "text": t}) + "\n"
+                           for i, t in enumerate([HOSTILE, HELPFUL, RECIPE] * 5)))
+    env = {**os.environ, "TROPES_MODELS_DIR": str(models)}
+    remote = subprocess.run([EXE, "score", str(src), "-o", str(tmp_path / "remote.jsonl"),
+                             "--url", url, "--quiet"], env=env, capture_output=True)
+    assert remote.returncode == 0, remote.stderr.decode()
+    local = subprocess.run([EXE, "score", str(src), "-o", str(tmp_path / "local.jsonl"),
+                            "--quiet"], env=env, capture_output=True)
+    assert local.returncode == 0, local.stderr.decode()
+    assert (tmp_path / "remote.jsonl").read_text() == (tmp_path / "local.jsonl").read_text()
+
+
+def test_reload_switches_without_failures(server):
+    url, models, _ = server
+    current = (models / "LATEST").read_text().strip()
+    shutil.copytree(models / current, models / "v-e2e-copy")
+    meta = json.loads((models / "v-e2e-copy" / "model.json").read_text())
+    meta["version"] = "v-e2e-copy"
+    (models / "v-e2e-copy" / "model.json").write_text(json.dumps(meta))
+    subprocess.run([EXE, "models", "use", "v-e2e-copy"], check=True, capture_output=True,
+                   env={**os.environ, "TROPES_MODELS_DIR": str(models)})
+    seen, deadline = set(), time.time() + 20
+    while "v-e2e-copy" not in seen:
+        r = httpx.post(f"{url}/tag", json={"text": HOSTILE})
+        assert r.status_code == 200
+        seen.add(r.json()["model"])
+        assert time.time() < deadline
+    assert seen <= {current, "v-e2e-copy"}
+    assert httpx.get(f"{url}/model").json()["version"] == "v-e2e-copy"

@@ -1,0 +1,47 @@
+"""The model shipped in models/ must match labels/ and be reproducible from it."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from training.artifact import load_model
+from training.labelset import read_labels
+
+from .conftest import REPO
+
+EXE = str(Path(sys.executable).with_name("tropes"))
+
+
+def test_shipped_model_loads_and_matches_labels():
+    model = load_model(REPO / "models")
+    labels = read_labels(REPO / "labels")
+    assert model.labels == labels.taxonomy.ids
+    assert model.meta["training_data"]["sha256"] == labels.data_hash(), (
+        "labels/ changed since the shipped model was trained: run `make train` and commit "
+        "models/")
+
+
+def test_only_one_shipped_version():
+    versions = [p.name for p in (REPO / "models").iterdir() if p.is_dir()]
+    assert versions == [load_model(REPO / "models").version]
+
+
+@pytest.mark.encoder
+def test_train_then_eval_reproduces_shipped_numbers(tmp_path):
+    shipped = load_model(REPO / "models")
+    env = {**os.environ, "TROPES_MODELS_DIR": str(tmp_path / "models"),
+           "TROPES_CACHE_DIR": str(tmp_path / "cache"),
+           "TROPES_PRECISION": shipped.meta["encoder"]["precision"]}
+    run = subprocess.run([EXE, "train", "--version", "v-repro"], env=env, capture_output=True,
+                         text=True)
+    assert run.returncode == 0, run.stderr[-2000:]
+    fresh = load_model(tmp_path / "models", "v-repro")
+    assert fresh.thresholds == pytest.approx(shipped.thresholds, abs=1e-6)
+    assert fresh.meta["metrics"]["test"] == shipped.meta["metrics"]["test"]
+    evaluated = subprocess.run([EXE, "eval", "--json"], env=env, capture_output=True, text=True)
+    assert evaluated.returncode == 0, evaluated.stderr[-2000:]
+    assert json.loads(evaluated.stdout)["macro_f1"] == shipped.meta["metrics"]["test"]["macro_f1"]
