@@ -94,7 +94,8 @@ def score_with_ray(settings: Settings, source: str, output: str, options: ScoreO
     try:
         total_cpus = int(ray.cluster_resources().get("CPU", 1))
         cpus = cpus_per_actor or max(1, min(2, total_cpus))
-        size = actors or max(1, total_cpus // cpus)
+        # leave a CPU for Ray Data's read and write tasks, or they can starve behind the pool
+        size = actors or max(1, (total_cpus - 1) // cpus)
         ctx = ray.data.DataContext.get_current()
         ctx.execution_options.preserve_order = True
         if in_format == "parquet":
