@@ -27,7 +27,7 @@ serve: setup
 	$(VENV)/bin/tropes serve --host 127.0.0.1 --port 3000
 
 train: setup
-	$(VENV)/bin/tropes train
+	$(VENV)/bin/tropes train --no-cache
 
 lint: setup
 	$(VENV)/bin/ruff check .

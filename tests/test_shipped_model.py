@@ -40,7 +40,9 @@ def test_train_then_eval_reproduces_shipped_numbers(tmp_path):
                          text=True)
     assert run.returncode == 0, run.stderr[-2000:]
     fresh = load_model(tmp_path / "models", "v-repro")
-    assert fresh.thresholds == pytest.approx(shipped.thresholds, abs=1e-6)
+    assert fresh.thresholds.keys() == shipped.thresholds.keys()
+    for profile, values in shipped.thresholds.items():
+        assert fresh.thresholds[profile] == pytest.approx(values, abs=1e-6), profile
     assert fresh.meta["metrics"]["test"] == shipped.meta["metrics"]["test"]
     evaluated = subprocess.run([EXE, "eval", "--json"], env=env, capture_output=True, text=True)
     assert evaluated.returncode == 0, evaluated.stderr[-2000:]

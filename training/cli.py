@@ -86,8 +86,10 @@ def labels_stats(ctx, path):
               help="pick thresholds that reach this recall per label instead of best F1")
 @click.option("--force", is_flag=True, help="make the new model LATEST even if it is worse")
 @click.option("--version", "version", default=None, help="version id (default: timestamp)")
+@click.option("--no-cache", is_flag=True,
+              help="embed everything afresh (bit-for-bit reproducible release builds)")
 @click.pass_context
-def train(ctx, min_recall, force, version):
+def train(ctx, min_recall, force, version, no_cache):
     """Validate labels/, train a new model version and (if not worse) make it LATEST."""
     from .artifact import ArtifactError
     from .metrics import format_metrics
@@ -95,7 +97,8 @@ def train(ctx, min_recall, force, version):
 
     settings = _settings(ctx)
     try:
-        outcome = run_training(settings, min_recall=min_recall, force=force, version=version)
+        outcome = run_training(settings, min_recall=min_recall, force=force, version=version,
+                               use_cache=not no_cache)
     except TrainingError as exc:
         for problem in exc.problems:
             click.echo(problem, err=True)

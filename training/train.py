@@ -36,7 +36,10 @@ class TrainOutcome:
 
 
 def train(settings: Settings, min_recall: float | None = None, force: bool = False,
-          progress: bool = True, version: str | None = None, encoder=None) -> TrainOutcome:
+          progress: bool = True, version: str | None = None, encoder=None,
+          use_cache: bool = True) -> TrainOutcome:
+    """Embeddings differ in the last bits with batch composition, so a cache filled by
+    earlier runs can move thresholds slightly; use_cache=False reproduces a clean build."""
     labels = read_labels(settings.labels_dir)
     if labels.problems:
         raise TrainingError(f"labels/ has {len(labels.problems)} problem(s); fix them first",
@@ -47,7 +50,8 @@ def train(settings: Settings, min_recall: float | None = None, force: bool = Fal
     test_texts, y_test = labels.matrix("test")
     protos = prototype_sentences(taxonomy)
     vectors, fresh = embed_with_cache(encoder, train_texts + test_texts + protos,
-                                      settings.cache_dir, progress=progress)
+                                      settings.cache_dir if use_cache else None,
+                                      progress=progress)
     n_train, n_test = len(train_texts), len(test_texts)
     prototypes = vectors[n_train + n_test:]
     x_train = build_features(vectors[:n_train], prototypes)
