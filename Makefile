@@ -13,14 +13,13 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q -e '.[dev,ray]'
 	touch $(STAMP)
 
 test: setup
 	$(VENV)/bin/pytest
 
 test-all: setup
-	$(PY) -m pip install -q -e '.[dev,ray]'
 	$(VENV)/bin/pytest -m '' 
 
 serve: setup

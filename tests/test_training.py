@@ -4,8 +4,7 @@ import shutil
 import numpy as np
 import pytest
 
-from training.artifact import (ArtifactError, list_versions, load_model, set_latest,
-                               write_model)
+from training.artifact import ArtifactError, list_versions, load_model, set_latest, write_model
 from training.embeddings import HashingEncoder
 from training.labelset import read_labels
 from training.predictor import Predictor

@@ -93,7 +93,8 @@ def train(ctx, min_recall, force, version, no_cache):
     """Validate labels/, train a new model version and (if not worse) make it LATEST."""
     from .artifact import ArtifactError
     from .metrics import format_metrics
-    from .train import TrainingError, train as run_training
+    from .train import TrainingError
+    from .train import train as run_training
 
     settings = _settings(ctx)
     try:

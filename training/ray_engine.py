@@ -8,8 +8,17 @@ import os
 from pathlib import Path
 
 from .config import Settings
-from .scoring import (JSONL_SUFFIXES, PARQUET_SUFFIXES, ScoreError, ScoreOptions, ScoreStats,
-                      _arrow_tropes, check_record, file_format, tropes_arrow_type)
+from .scoring import (
+    JSONL_SUFFIXES,
+    PARQUET_SUFFIXES,
+    ScoreError,
+    ScoreOptions,
+    ScoreStats,
+    _arrow_tropes,
+    check_record,
+    file_format,
+    tropes_arrow_type,
+)
 
 
 class RayScorer:
