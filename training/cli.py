@@ -231,6 +231,73 @@ def score(ctx, source, output, text_field, id_field, version, threshold_profile,
     click.echo(f"scored {stats.scored} row(s), skipped {stats.skipped}, model {used}", err=True)
 
 
+# --- profile / suggest ---------------------------------------------------------------------
+
+def _model_thresholds(settings, version, profile):
+    from .artifact import ArtifactError, load_model
+
+    try:
+        model = load_model(settings.models_dir, version)
+        return model.labels, dict(zip(model.labels, model.threshold_vector(profile).tolist()))
+    except ArtifactError as exc:
+        raise Failure(str(exc)) from None
+
+
+@main.command()
+@click.argument("scored", type=click.Path(path_type=Path))
+@click.option("--output", "-o", type=click.Path(path_type=Path), default=Path("profile"),
+              show_default=True, help="folder for profile.md and the plots")
+@click.option("--by", default=None, help="grouping field, e.g. source or batch")
+@click.option("--id-field", default="id", show_default=True)
+@click.option("--text-field", default="text", show_default=True)
+@click.option("--model", "version", default=None, help="whose thresholds to draw")
+@click.option("--threshold-profile", type=click.Choice(["f1", "recall"]), default=None)
+@click.pass_context
+def profile(ctx, scored, output, by, id_field, text_field, version, threshold_profile):
+    """What a scored corpus portrays: shares with 95% CIs, co-occurrence, histograms."""
+    from .profile import ProfileError, build_profile, summary_table, write_profile
+
+    labels, thresholds = _model_thresholds(_settings(ctx), version, threshold_profile)
+    try:
+        result = build_profile(scored, labels, thresholds, by=by, id_field=id_field,
+                               text_field=text_field)
+    except ProfileError as exc:
+        raise Failure(str(exc)) from None
+    path = write_profile(result, output, str(scored), by)
+    click.echo(summary_table(result))
+    click.echo(f"\nwrote {path} and plots in {output}")
+
+
+@main.command()
+@click.argument("scored", type=click.Path(path_type=Path))
+@click.option("--n", "count", default=50, show_default=True, type=click.IntRange(1))
+@click.option("--output", "-o", default=None, help="JSONL file (default: stdout)")
+@click.option("--id-field", default="id", show_default=True)
+@click.option("--text-field", default="text", show_default=True)
+@click.option("--model", "version", default=None, help="whose thresholds to use")
+@click.pass_context
+def suggest(ctx, scored, count, output, id_field, text_field, version):
+    """Passages to label next: nearest the thresholds, spread across labels, deduplicated.
+    Written in the labels/ format; correct `labels`, then move the lines into labels/train/."""
+    from .labelset import read_labels
+    from .profile import ProfileError
+    from .suggest import suggest as pick, write_suggestions
+
+    settings = _settings(ctx)
+    labels, thresholds = _model_thresholds(settings, version, None)
+    existing = read_labels(settings.labels_dir)
+    try:
+        rows = pick(scored, labels, thresholds, count, [p.text for p in existing.passages],
+                    existing.taxonomy.registers, text_field=text_field, id_field=id_field,
+                    min_words=existing.taxonomy.min_words,
+                    max_words=existing.taxonomy.max_words)
+    except ProfileError as exc:
+        raise Failure(str(exc)) from None
+    write_suggestions(rows, output)
+    click.echo(f"{len(rows)} passage(s) suggested"
+               + (f" in {output}" if output and output != "-" else ""), err=True)
+
+
 # --- models -------------------------------------------------------------------------------
 
 @main.group(invoke_without_command=True)

@@ -1,0 +1,177 @@
+"""Speed against the encoder's limit, all rows measured in one run on one machine.
+
+1. raw encoder: plain SentenceTransformer.encode, fp32 and the chosen precision (the limit)
+2. tropes score on a JSONL file (in-process, after the model is loaded)
+3. the service's /tag_batch under 4 concurrent clients x 100-item requests
+4. /tag single-request latency at low load, p50 and p99
+5. peak RSS of the service worker
+Throughputs are shown as a ratio to row 1 at the same precision.
+Run: .venv/bin/python bench/speed.py [--passages 512]"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def passages(n: int) -> list[str]:
+    """Passages of 80-160 words from labels/ (about 120 on average), repeated to n."""
+    from training.labelset import read_labels
+
+    texts = [p.text for p in read_labels(ROOT / "labels").passages
+             if 80 <= len(p.text.split()) <= 160]
+    return [texts[i % len(texts)] for i in range(n)]
+
+
+def raw_encoder(texts: list[str], precision: str) -> float:
+    from training.embeddings import MiniLMEncoder
+
+    enc = MiniLMEncoder(precision=precision)
+    enc.encode(texts[:64])  # warm up
+    start = time.perf_counter()
+    enc.encode(texts)
+    return len(texts) / (time.perf_counter() - start)
+
+
+def tropes_score(texts: list[str], precision: str) -> float:
+    from training.artifact import load_model
+    from training.embeddings import MiniLMEncoder
+    from training.predictor import Predictor
+    from training.scoring import ScoreOptions, score_path
+
+    predictor = Predictor(load_model(ROOT / "models"), MiniLMEncoder(precision=precision))
+    predictor.tag(texts[:64])
+    with tempfile.TemporaryDirectory() as tmp:
+        src = Path(tmp) / "in.jsonl"
+        src.write_text("".join(json.dumps({"id": i, "text": t}) + "\n"
+                               for i, t in enumerate(texts)))
+        start = time.perf_counter()
+        score_path(predictor.tag, predictor.labels, str(src), str(Path(tmp) / "out.jsonl"),
+                   ScoreOptions(progress=False))
+        return len(texts) / (time.perf_counter() - start)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def worker_rss_mb(root_pid: int) -> float:
+    """Peak RSS (VmHWM) of the largest process in the server's session."""
+    pids = subprocess.run(["pgrep", "-s", str(root_pid)], capture_output=True, text=True)
+    peak = 0
+    for pid in [root_pid, *map(int, pids.stdout.split())]:
+        try:
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    peak = max(peak, int(line.split()[1]))
+        except OSError:
+            pass
+    return peak / 1024
+
+
+def service(texts: list[str], precision: str) -> dict:
+    import httpx
+
+    port = free_port()
+    env = {**os.environ, "TROPES_PRECISION": precision}
+    proc = subprocess.Popen([str(ROOT / ".venv/bin/tropes"), "serve", "--port", str(port)],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 120
+        while True:
+            try:
+                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.time() > deadline or proc.poll() is not None:
+                raise RuntimeError("service did not start")
+            time.sleep(0.5)
+        client = httpx.Client(timeout=600)
+        client.post(f"{url}/tag_batch", json={"items": [{"text": t} for t in texts[:64]]})
+        single = texts[0]
+        latencies = []
+        for _ in range(100):
+            start = time.perf_counter()
+            client.post(f"{url}/tag", json={"text": single}).raise_for_status()
+            latencies.append((time.perf_counter() - start) * 1000)
+        latencies.sort()
+
+        def one_client(k: int) -> int:
+            done = 0
+            with httpx.Client(timeout=600) as c:
+                for start in range(k * 100, len(texts), 400):
+                    items = [{"id": i, "text": t} for i, t in
+                             enumerate(texts[start:start + 100])]
+                    c.post(f"{url}/tag_batch", json={"items": items}).raise_for_status()
+                    done += len(items)
+            return done
+
+        start = time.perf_counter()
+        with ThreadPoolExecutor(4) as pool:
+            total = sum(pool.map(one_client, range(4)))
+        batch_rate = total / (time.perf_counter() - start)
+        return {"batch": batch_rate, "p50": statistics.median(latencies),
+                "p99": latencies[int(len(latencies) * 0.99) - 1], "rss": worker_rss_mb(proc.pid)}
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)
+
+
+def main() -> None:
+    from training.embeddings import cpu_has_amx_bf16, resolve_precision
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--passages", type=int, default=512)
+    args = parser.parse_args()
+    texts = passages(args.passages)
+    chosen = resolve_precision("auto")
+    words = statistics.mean(len(t.split()) for t in texts)
+    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
+          f"AMX {'yes' if cpu_has_amx_bf16() else 'no'}; default precision {chosen}; "
+          f"{len(texts)} passages of {words:.0f} words on average\n")
+    limit = {p: raw_encoder(texts, p) for p in sorted({"fp32", chosen})}
+    score = tropes_score(texts, chosen)
+    svc = service(texts, chosen)
+    rows = [
+        ("1. raw encoder fp32", f"{limit['fp32']:.1f} passages/s", "1.00x", ""),
+    ]
+    if chosen != "fp32":
+        rows.append((f"1. raw encoder {chosen}", f"{limit[chosen]:.1f} passages/s", "1.00x",
+                     f"{limit[chosen] / limit['fp32']:.2f}x fp32 (target >= 3x)"))
+    base = limit[chosen]
+    rows += [
+        (f"2. tropes score ({chosen})", f"{score:.1f} passages/s", f"{score / base:.2f}x",
+         "target >= 0.95x"),
+        (f"3. /tag_batch 4 clients x 100 ({chosen})", f"{svc['batch']:.1f} passages/s",
+         f"{svc['batch'] / base:.2f}x", "target >= 0.90x"),
+        ("4. /tag latency p50 / p99", f"{svc['p50']:.1f} / {svc['p99']:.1f} ms", "",
+         "target p50 <= 30 ms"),
+        ("5. service worker peak RSS", f"{svc['rss']:.0f} MB", "", "target <= 1000 MB"),
+    ]
+    print(f"{'measure':<42}{'value':>22}{'ratio':>8}   note")
+    for name, value, ratio, note in rows:
+        print(f"{name:<42}{value:>22}{ratio:>8}   {note}")
+
+
+if __name__ == "__main__":
+    main()

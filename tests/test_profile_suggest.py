@@ -1,0 +1,92 @@
+"""tropes profile and tropes suggest over a small scored file."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from training.artifact import load_model
+from training.embeddings import HashingEncoder
+from training.labelset import read_labels
+from training.predictor import Predictor
+
+from .conftest import REPO
+
+EXE = str(Path(sys.executable).with_name("tropes"))
+
+
+@pytest.fixture(scope="module")
+def scored(hashing_workspace, tmp_path_factory):
+    """Repo passages that the workspace's labels do not hold, scored by the hashing model."""
+    known = {p.id for p in read_labels(hashing_workspace.labels_dir).passages}
+    rows = [{"id": p.id, "text": p.text, "source": p.register}
+            for p in read_labels(REPO / "labels").passages if p.id not in known][:300]
+    predictor = Predictor(load_model(hashing_workspace.models_dir), HashingEncoder())
+    results = predictor.tag([r["text"] for r in rows])
+    path = tmp_path_factory.mktemp("scored") / "scored.jsonl"
+    path.write_text("".join(json.dumps({**r, "tropes": t}) + "\n"
+                            for r, t in zip(rows, results)))
+    return path, rows, results
+
+
+def cli(settings, *args):
+    return subprocess.run([EXE, "--encoder", "hashing", "--models-dir", str(settings.models_dir),
+                           "--labels-dir", str(settings.labels_dir), *args],
+                          capture_output=True, text=True, env={**os.environ})
+
+
+def test_profile_counts_match_input_and_plots_exist(hashing_workspace, scored, tmp_path):
+    path, rows, results = scored
+    out = tmp_path / "profile"
+    run = cli(hashing_workspace, "profile", str(path), "-o", str(out), "--by", "source")
+    assert run.returncode == 0, run.stderr
+    for label in load_model(hashing_workspace.models_dir).labels:
+        expected = sum(label in r["labels"] for r in results)
+        line = next(x for x in run.stdout.splitlines() if x.startswith(label + " "))
+        assert int(line.split()[1]) == expected, line
+    for portrayal in ("misaligned", "aligned", "mixed", "none"):
+        expected = sum(r["portrayal"] == portrayal for r in results)
+        line = next(x for x in run.stdout.splitlines() if x.startswith(f"portrayal {portrayal}"))
+        assert int(line.split()[2]) == expected
+    for name in ("profile.md", "cooccurrence.png", "score_histograms.png", "label_shares.png"):
+        assert (out / name).stat().st_size > 0, name
+    md = (out / "profile.md").read_text()
+    assert "## By `source`" in md and f"{len(rows):,} rows" in md
+
+
+def test_profile_rejects_unscored_input(hashing_workspace, tmp_path):
+    raw = tmp_path / "raw.jsonl"
+    raw.write_text(json.dumps({"text": "not scored yet"}) + "\n")
+    run = cli(hashing_workspace, "profile", str(raw), "-o", str(tmp_path / "p"))
+    assert run.returncode == 1 and "raw.jsonl:1: no 'tropes' object" in run.stderr
+
+
+def test_suggest_picks_distinct_uncertain_passages_the_validator_accepts(
+        hashing_workspace, scored, tmp_path):
+    path, rows, results = scored
+    out = tmp_path / "suggest.jsonl"
+    run = cli(hashing_workspace, "suggest", str(path), "--n", "12", "-o", str(out))
+    assert run.returncode == 0, run.stderr
+    picked = [json.loads(x) for x in out.read_text().splitlines()]
+    assert len(picked) == 12
+    assert len({p["id"] for p in picked}) == 12 and len({p["text"] for p in picked}) == 12
+    assert len({p["guess"]["uncertain_about"] for p in picked}) >= 8  # spread across labels
+    model = load_model(hashing_workspace.models_dir)
+    thresholds = dict(zip(model.labels, model.threshold_vector()))
+    margins = []
+    for p in picked:
+        label = p["guess"]["uncertain_about"]
+        margins.append(abs(p["guess"]["scores"][label] - thresholds[label]))
+    all_margins = sorted(abs(r["scores"][lb] - thresholds[lb]) for r in results
+                         for lb in model.labels)
+    assert sorted(margins)[len(margins) // 2] <= all_margins[len(all_margins) // 4]
+    # the labelling loop: the file drops into labels/train/ and validates
+    labels = tmp_path / "labels"
+    import shutil
+
+    shutil.copytree(hashing_workspace.labels_dir, labels)
+    shutil.copy(out, labels / "train" / "suggested.jsonl")
+    assert read_labels(labels).problems == []
