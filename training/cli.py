@@ -281,7 +281,8 @@ def suggest(ctx, scored, count, output, id_field, text_field, version):
     Written in the labels/ format; correct `labels`, then move the lines into labels/train/."""
     from .labelset import read_labels
     from .profile import ProfileError
-    from .suggest import suggest as pick, write_suggestions
+    from .suggest import suggest as pick
+    from .suggest import write_suggestions
 
     settings = _settings(ctx)
     labels, thresholds = _model_thresholds(settings, version, None)
