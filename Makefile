@@ -19,8 +19,9 @@ $(STAMP): pyproject.toml
 test: setup
 	$(VENV)/bin/pytest
 
+# the long runs: 20,000-request load test and 1,000+ fuzzed cases
 test-all: setup
-	$(VENV)/bin/pytest -m '' 
+	TROPES_LOAD_FULL=1 TROPES_FUZZ_EXAMPLES=400 $(VENV)/bin/pytest -m '' -s
 
 serve: setup
 	$(VENV)/bin/tropes serve --host 127.0.0.1 --port 3000

@@ -70,7 +70,7 @@ class RequestGuard:
                 return {"type": "http.request", "body": body, "more_body": False}
             return await receive()
 
-        return await self.app(scope, replay, send)
+        return await self.app(scope, replay, _uniform_errors(send))
 
     async def _read_body(self, receive) -> bytes | None:
         chunks, size = [], 0
@@ -91,3 +91,46 @@ class RequestGuard:
         response = error(413, f"request body is over the {self.max_body_bytes:,}-byte limit",
                          "body")
         return await response(scope, receive, send)
+
+
+def field_path(loc) -> str:
+    """pydantic's location ["items", 0, "text"] as items[0].text"""
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "body"
+
+
+def _uniform_errors(send):
+    """Rewrite BentoML's schema-validation 400s ({"detail": [{"loc": ...}]}, which its own
+    OpenAPI spec declares as a string) into our shape: {"error", "field", "detail": str}."""
+    held: dict = {}
+
+    async def wrapped(message):
+        if message["type"] == "http.response.start" and message["status"] == 400:
+            held["start"] = message
+            held["body"] = b""
+            return
+        if "start" not in held:
+            return await send(message)
+        held["body"] += message.get("body", b"")
+        if message.get("more_body"):
+            return
+        body = held["body"]
+        try:
+            data = json.loads(body)
+            problems = data.get("detail") if isinstance(data, dict) else None
+            if isinstance(problems, list) and problems and isinstance(problems[0], dict):
+                fields = [field_path(p.get("loc", [])) for p in problems]
+                texts = [f"{f}: {p.get('msg', 'invalid')}" for f, p in zip(fields, problems)]
+                body = json.dumps({"error": "; ".join(texts), "field": fields[0],
+                                   "detail": "; ".join(texts)}).encode()
+        except (ValueError, AttributeError):
+            pass
+        start = dict(held["start"])
+        start["headers"] = [(k, v) for k, v in start["headers"] if k != b"content-length"]
+        start["headers"].append((b"content-length", str(len(body)).encode()))
+        await send(start)
+        await send({"type": "http.response.body", "body": body, "more_body": False})
+
+    return wrapped

@@ -3,8 +3,6 @@
 import json
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -14,6 +12,7 @@ import httpx
 import pytest
 
 from .conftest import REPO
+from .servers import running_server
 
 pytestmark = [pytest.mark.e2e, pytest.mark.encoder]
 EXE = str(Path(sys.executable).with_name("tropes"))
@@ -31,40 +30,12 @@ RECIPE = ("Whisk two eggs with a cup of milk, fold in the flour until just combi
           "flipping when bubbles appear on the surface.")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     models = tmp_path_factory.mktemp("e2e") / "models"
     shutil.copytree(REPO / "models", models)
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("BENTOML")}
-    env.update(TROPES_MODELS_DIR=str(models), TROPES_WATCH_INTERVAL_S="0.2")
-    proc = subprocess.Popen([EXE, "serve", "--host", "127.0.0.1", "--port", str(port)],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 120
-    while True:
-        try:
-            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                break
-        except httpx.TransportError:
-            pass
-        if proc.poll() is not None or time.time() > deadline:
-            os.killpg(proc.pid, signal.SIGKILL)
-            pytest.fail("server did not start:\n" + proc.stdout.read().decode()[-3000:])
-        time.sleep(0.5)
-    yield url, models, proc
-    os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
+    with running_server(models) as (url, proc):
+        yield url, models, proc
 
 
 def test_tag_gives_sensible_labels(server):

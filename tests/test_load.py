@@ -1,0 +1,95 @@
+"""Bounded load against a real bentoml serve (hashing encoder), with a model switch mid-run.
+
+`make test` runs a short pass; `make test-all` runs 20,000 /tag and 500 /tag_batch x 100
+at 64 concurrent clients (TROPES_LOAD_FULL=1)."""
+
+import asyncio
+import json
+import os
+import shutil
+import time
+
+import httpx
+import pytest
+
+from training.artifact import set_latest
+
+from .servers import process_rss_mb, running_server
+
+FULL = os.environ.get("TROPES_LOAD_FULL") == "1"
+TAGS, BATCHES, CLIENTS = (20_000, 500, 64) if FULL else (2_000, 40, 32)
+pytestmark = pytest.mark.e2e
+
+
+async def _post(client, path, payload, stats):
+    for _ in range(50):
+        r = await client.post(path, json=payload)
+        if r.status_code == 503:
+            stats["backpressure"] += 1
+            await asyncio.sleep(float(r.headers.get("Retry-After", "1")))
+            continue
+        return r
+    raise AssertionError("still 503 after 50 tries")
+
+
+async def _load(url, texts, stats, switch):
+    jobs = [("/tag", {"text": texts[i % len(texts)]}) for i in range(TAGS)]
+    jobs += [("/tag_batch", {"items": [{"id": k, "text": texts[(i + k) % len(texts)]}
+                                       for k in range(100)]}) for i in range(BATCHES)]
+    jobs.sort(key=lambda j: hash(json.dumps(j[1])) % 7)  # interleave both kinds
+    queue = asyncio.Queue()
+    for job in jobs:
+        queue.put_nowait(job)
+    total = len(jobs)
+
+    async def worker():
+        async with httpx.AsyncClient(base_url=url, timeout=300) as client:
+            while not queue.empty():
+                path, payload = queue.get_nowait()
+                r = await _post(client, path, payload, stats)
+                if r.status_code != 200:
+                    stats["failed"] += 1
+                    stats["errors"].append((r.status_code, r.text[:200]))
+                    continue
+                stats["ok"] += 1
+                stats["versions"].add(r.json()["model"])
+                if stats["ok"] == total // 2:
+                    switch()
+
+    await asyncio.gather(*(worker() for _ in range(CLIENTS)))
+
+
+def test_load_with_reload(hashing_workspace, tmp_path):
+    models = tmp_path / "models"
+    shutil.copytree(hashing_workspace.models_dir, models)
+    shutil.copytree(models / "v1", models / "v2")
+    meta = json.loads((models / "v2" / "model.json").read_text())
+    meta["version"] = "v2"
+    (models / "v2" / "model.json").write_text(json.dumps(meta))
+    texts = [line for line in (hashing_workspace.labels_dir / "train"
+                               / "negatives_general.jsonl").read_text().splitlines()]
+    texts = [json.loads(t)["text"] for t in texts]
+    stats = {"ok": 0, "failed": 0, "backpressure": 0, "errors": [], "versions": set()}
+    latest_history = ["v1"]
+
+    def switch():
+        set_latest(models, "v2")
+        latest_history.append("v2")
+
+    with running_server(models, encoder="hashing",
+                        env={"TROPES_LABELS_DIR": str(hashing_workspace.labels_dir)}) as (url,
+                                                                                         proc):
+        httpx.post(f"{url}/tag", json={"text": texts[0]})
+        rss_start = max(process_rss_mb(proc.pid).values())
+        start = time.time()
+        asyncio.run(_load(url, texts, stats, switch))
+        elapsed = time.time() - start
+        rss_end = max(process_rss_mb(proc.pid).values())
+        final = httpx.get(f"{url}/model").json()["version"]
+    print(f"\nload: {stats['ok']} requests ok ({TAGS} /tag, {BATCHES} /tag_batch x 100) in "
+          f"{elapsed:.0f}s, {stats['failed']} failed, {stats['backpressure']} 503 retried; "
+          f"worker RSS {rss_start:.0f} -> {rss_end:.0f} MB; versions {sorted(stats['versions'])}")
+    assert stats["failed"] == 0, stats["errors"][:5]
+    assert stats["ok"] == TAGS + BATCHES
+    assert stats["versions"] <= set(latest_history) and final == "v2"
+    assert rss_end < rss_start * 1.5 + 50, "worker memory grew under load"
