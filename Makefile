@@ -27,7 +27,7 @@ serve: setup
 	$(VENV)/bin/tropes serve --host 127.0.0.1 --port 3000
 
 train: setup
-	$(VENV)/bin/tropes train --no-cache
+	$(VENV)/bin/tropes --precision fp32 train --no-cache
 
 lint: setup
 	$(VENV)/bin/ruff check .

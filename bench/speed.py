@@ -73,12 +73,14 @@ def free_port() -> int:
 
 
 def worker_rss_mb(root_pid: int) -> float:
-    """Peak RSS (VmHWM) of the largest process in the server's session."""
-    pids = subprocess.run(["pgrep", "-s", str(root_pid)], capture_output=True, text=True)
+    """Peak RSS (VmHWM) of the largest process under the server (the model worker)."""
+    import psutil
+
+    root = psutil.Process(root_pid)
     peak = 0
-    for pid in [root_pid, *map(int, pids.stdout.split())]:
+    for proc in [root, *root.children(recursive=True)]:
         try:
-            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            for line in Path(f"/proc/{proc.pid}/status").read_text().splitlines():
                 if line.startswith("VmHWM:"):
                     peak = max(peak, int(line.split()[1]))
         except OSError:

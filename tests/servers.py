@@ -23,15 +23,23 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def server_processes(root_pid: int) -> list:
+    """The serve process and every descendant (BentoML's arbiter starts the workers)."""
+    import psutil
+
+    try:
+        root = psutil.Process(root_pid)
+        return [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return []
+
+
 def process_rss_mb(root_pid: int) -> dict[int, float]:
-    """Current RSS of every process in the server's session (the worker is the largest)."""
-    pids = subprocess.run(["pgrep", "-s", str(root_pid)], capture_output=True, text=True)
+    """Current RSS of each server process (the worker holding the model is the largest)."""
     out = {}
-    for pid in [root_pid, *map(int, pids.stdout.split())]:
-        with contextlib.suppress(OSError):
-            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    out[pid] = int(line.split()[1]) / 1024
+    for proc in server_processes(root_pid):
+        with contextlib.suppress(Exception):
+            out[proc.pid] = proc.memory_info().rss / 2**20
     return out
 
 

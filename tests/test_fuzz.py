@@ -7,12 +7,11 @@ import shutil
 
 import pytest
 import schemathesis
-from schemathesis import GenerationMode
 from hypothesis import HealthCheck, given, settings
 from hypothesis.errors import Unsatisfiable
+from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
-from schemathesis.specs.openapi.checks import (content_type_conformance,
-                                               response_schema_conformance)
+from schemathesis.specs.openapi.checks import content_type_conformance, response_schema_conformance
 
 from .servers import running_server
 

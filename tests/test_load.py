@@ -32,10 +32,10 @@ async def _post(client, path, payload, stats):
     raise AssertionError("still 503 after 50 tries")
 
 
-async def _load(url, texts, stats, switch):
-    jobs = [("/tag", {"text": texts[i % len(texts)]}) for i in range(TAGS)]
+async def _load(url, texts, stats, switch, tags=TAGS, batches=BATCHES, clients=CLIENTS):
+    jobs = [("/tag", {"text": texts[i % len(texts)]}) for i in range(tags)]
     jobs += [("/tag_batch", {"items": [{"id": k, "text": texts[(i + k) % len(texts)]}
-                                       for k in range(100)]}) for i in range(BATCHES)]
+                                       for k in range(100)]}) for i in range(batches)]
     jobs.sort(key=lambda j: hash(json.dumps(j[1])) % 7)  # interleave both kinds
     queue = asyncio.Queue()
     for job in jobs:
@@ -56,17 +56,38 @@ async def _load(url, texts, stats, switch):
                 if stats["ok"] == total // 2:
                     switch()
 
-    await asyncio.gather(*(worker() for _ in range(CLIENTS)))
+    await asyncio.gather(*(worker() for _ in range(clients)))
 
 
 def test_load_with_reload(hashing_workspace, tmp_path):
+    run_load(hashing_workspace.models_dir, "hashing", hashing_workspace.labels_dir, tmp_path,
+             TAGS, BATCHES, CLIENTS)
+
+
+@pytest.mark.slow
+@pytest.mark.encoder
+def test_load_with_reload_real_encoder(tmp_path):
+    """The real model's worker under a shorter load (the encoder costs ~16 ms a passage)."""
+    from .conftest import REPO
+
+    run_load(REPO / "models", "minilm", REPO / "labels", tmp_path, 1_000, 20, 64)
+
+
+def run_load(source_models, encoder, labels_dir, tmp_path, tags, batches, clients):
     models = tmp_path / "models"
-    shutil.copytree(hashing_workspace.models_dir, models)
+    shutil.copytree(source_models, models)
+    first = (models / "LATEST").read_text().strip()
+    if first != "v1":
+        shutil.copytree(models / first, models / "v1")
+        meta = json.loads((models / "v1" / "model.json").read_text())
+        meta["version"] = "v1"
+        (models / "v1" / "model.json").write_text(json.dumps(meta))
+        set_latest(models, "v1")
     shutil.copytree(models / "v1", models / "v2")
     meta = json.loads((models / "v2" / "model.json").read_text())
     meta["version"] = "v2"
     (models / "v2" / "model.json").write_text(json.dumps(meta))
-    texts = [line for line in (hashing_workspace.labels_dir / "train"
+    texts = [line for line in (labels_dir / "train"
                                / "negatives_general.jsonl").read_text().splitlines()]
     texts = [json.loads(t)["text"] for t in texts]
     stats = {"ok": 0, "failed": 0, "backpressure": 0, "errors": [], "versions": set()}
@@ -76,20 +97,20 @@ def test_load_with_reload(hashing_workspace, tmp_path):
         set_latest(models, "v2")
         latest_history.append("v2")
 
-    with running_server(models, encoder="hashing",
-                        env={"TROPES_LABELS_DIR": str(hashing_workspace.labels_dir)}) as (url,
-                                                                                         proc):
+    with running_server(models, encoder=encoder,
+                        env={"TROPES_LABELS_DIR": str(labels_dir)}) as (url, proc):
         httpx.post(f"{url}/tag", json={"text": texts[0]})
         rss_start = max(process_rss_mb(proc.pid).values())
         start = time.time()
-        asyncio.run(_load(url, texts, stats, switch))
+        asyncio.run(_load(url, texts, stats, switch, tags, batches, clients))
         elapsed = time.time() - start
         rss_end = max(process_rss_mb(proc.pid).values())
         final = httpx.get(f"{url}/model").json()["version"]
-    print(f"\nload: {stats['ok']} requests ok ({TAGS} /tag, {BATCHES} /tag_batch x 100) in "
+    print(f"\nload ({encoder}): {stats['ok']} requests ok ({tags} /tag, {batches} /tag_batch "
+          f"x 100, {clients} clients) in "
           f"{elapsed:.0f}s, {stats['failed']} failed, {stats['backpressure']} 503 retried; "
           f"worker RSS {rss_start:.0f} -> {rss_end:.0f} MB; versions {sorted(stats['versions'])}")
     assert stats["failed"] == 0, stats["errors"][:5]
-    assert stats["ok"] == TAGS + BATCHES
+    assert stats["ok"] == tags + batches
     assert stats["versions"] <= set(latest_history) and final == "v2"
     assert rss_end < rss_start * 1.5 + 50, "worker memory grew under load"

@@ -142,6 +142,17 @@ def eval_command(ctx, version, threshold_profile, as_json):
     from .metrics import evaluate, format_metrics
 
     settings = _settings(ctx)
+    if ctx.parent.params.get("precision") is None and "TROPES_PRECISION" not in os.environ:
+        # evaluate with the precision the model was trained with, so numbers reproduce
+        from dataclasses import replace
+
+        from .artifact import ArtifactError, load_model
+
+        try:
+            trained = load_model(settings.models_dir, version).meta["encoder"]["precision"]
+        except (ArtifactError, KeyError):
+            trained = settings.precision
+        settings = replace(settings, precision=trained)
     predictor = _load_predictor(settings, version, threshold_profile)
     labels = read_labels(settings.labels_dir)
     if labels.taxonomy.ids != predictor.labels:

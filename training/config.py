@@ -60,7 +60,8 @@ def load_settings(**overrides) -> Settings:
         cache_dir=Path(env.get("TROPES_CACHE_DIR", REPO_ROOT / ".cache")),
         encoder=env.get("TROPES_ENCODER", "minilm"),
         precision=env.get("TROPES_PRECISION", "auto"),
-        batch_size=_int_env("TROPES_BATCH_SIZE", 32),
+        # 16 beat 32 on this 2-core CPU (43 vs 38 passages/s fp32) and peaks lower in memory
+        batch_size=_int_env("TROPES_BATCH_SIZE", 16),
         limits=limits,
     )
     values.update({k: v for k, v in overrides.items() if v is not None})

@@ -1,0 +1,35 @@
+"""bf16 autocast must stay within a small tolerance of fp32 on the test split."""
+
+import numpy as np
+import pytest
+
+from training.artifact import load_model
+from training.embeddings import MiniLMEncoder, cpu_has_bf16, resolve_precision
+from training.labelset import read_labels
+from training.predictor import Predictor
+
+from .conftest import REPO
+
+pytestmark = pytest.mark.encoder
+
+
+def test_auto_precision_follows_the_cpu():
+    assert resolve_precision("auto") == ("bf16" if cpu_has_bf16() else "fp32")
+    with pytest.raises(ValueError):
+        resolve_precision("fp8")
+
+
+@pytest.mark.skipif(not cpu_has_bf16(), reason="this CPU has no bf16 instructions")
+def test_bf16_matches_fp32_on_the_test_split():
+    model = load_model(REPO / "models")
+    texts = [p.text for p in read_labels(REPO / "labels").split("test")]
+    fp32 = Predictor(model, MiniLMEncoder(precision="fp32"))
+    bf16 = Predictor(model, MiniLMEncoder(precision="bf16"))
+    a, b = fp32.probabilities(texts), bf16.probabilities(texts)
+    assert np.abs(a - b).max() < 0.03
+    decisions_a, decisions_b = a >= fp32.thresholds, b >= bf16.thresholds
+    agreement = (decisions_a == decisions_b).mean()
+    print(f"\nbf16 vs fp32: max |dp| {np.abs(a - b).max():.4f}, label agreement {agreement:.4f}")
+    assert agreement >= 0.99
+    assert sum(x["portrayal"] == y["portrayal"] for x, y in
+               zip(fp32.results(a), bf16.results(b))) >= 0.97 * len(texts)
