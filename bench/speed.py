@@ -54,9 +54,12 @@ def raw_encoder(texts: list[str], precision: str, batch_size: int) -> float:
             return model.encode(batch, batch_size=batch_size)
 
     encode(texts[:64])  # warm up
-    start = time.perf_counter()
-    encode(texts)
-    return len(texts) / (time.perf_counter() - start)
+    best = 0.0
+    for _ in range(2):  # best of two: the machine is shared and noisy
+        start = time.perf_counter()
+        encode(texts)
+        best = max(best, len(texts) / (time.perf_counter() - start))
+    return best
 
 
 def tropes_score(texts: list[str], precision: str) -> float:
@@ -71,10 +74,13 @@ def tropes_score(texts: list[str], precision: str) -> float:
         src = Path(tmp) / "in.jsonl"
         src.write_text("".join(json.dumps({"id": i, "text": t}) + "\n"
                                for i, t in enumerate(texts)))
-        start = time.perf_counter()
-        score_path(predictor.tag, predictor.labels, str(src), str(Path(tmp) / "out.jsonl"),
-                   ScoreOptions(progress=False))
-        return len(texts) / (time.perf_counter() - start)
+        best = 0.0
+        for k in range(2):  # best of two, as for the raw encoder
+            start = time.perf_counter()
+            score_path(predictor.tag, predictor.labels, str(src),
+                       str(Path(tmp) / f"out{k}.jsonl"), ScoreOptions(progress=False))
+            best = max(best, len(texts) / (time.perf_counter() - start))
+        return best
 
 
 def free_port() -> int:
