@@ -54,6 +54,18 @@ def test_repo_labels_meet_balance_targets():
     assert top / len(result.passages) <= 0.25
 
 
+def test_repo_labels_show_rather_than_name():
+    """At least a quarter of each label's positives avoid its obvious keywords."""
+    import re
+
+    result = read_labels(REPO / "labels")
+    for label in result.taxonomy.labels:
+        pattern = re.compile(label.keywords, re.IGNORECASE)
+        positives = [p for p in result.passages if label.id in p.labels]
+        assert label.keywords and positives
+        assert sum(not pattern.search(p.text) for p in positives) >= len(positives) / 4
+
+
 def test_copied_subset_is_clean(labels_dir):
     assert problems_for(labels_dir) == []
 

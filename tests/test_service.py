@@ -143,3 +143,28 @@ def test_hot_reload_and_refusal(client, service_workspace):  # keep last: switch
     assert r.status_code == 409 and "v3" in r.json()["error"]
     assert client.get("/model").json()["reload_error"]
     assert client.post("/tag", json={"text": TEXT}).json()["model"] == "v2"
+
+
+def test_full_queue_answers_503_with_retry_after(client, monkeypatch):
+    from service.runtime import Overloaded
+    from service.service import STATE
+
+    async def refuse(texts):
+        raise Overloaded("20000 passages are waiting; retry shortly")
+
+    monkeypatch.setattr(STATE["service"].batcher, "submit", refuse)
+    for path, payload in [("/tag", {"text": TEXT}), ("/tag_batch", {"items": [{"text": TEXT}]}),
+                          ("/tag_document", {"text": TEXT})]:
+        r = client.post(path, json=payload)
+        assert r.status_code == 503 and r.headers["Retry-After"] == "2", path
+        assert "retry" in r.json()["error"]
+
+
+def test_reload_is_refused_from_another_host(service_workspace):
+    from starlette.testclient import TestClient
+
+    from service.service import extras
+
+    with TestClient(extras, client=("10.1.2.3", 5555)) as other:
+        r = other.post("/admin/reload")
+    assert r.status_code == 403

@@ -6,8 +6,8 @@ from __future__ import annotations
 import ctypes
 import hashlib
 import os
-import time
 import re
+import time
 from functools import lru_cache
 from pathlib import Path
 from typing import Protocol

@@ -240,6 +240,16 @@ def stats_table(labels: LabelSet) -> str:
     registers = sorted({p.register for p in labels.passages})
     out = table("label", [*labels.taxonomy.ids, "(no label)", "passages"], n_label)
     out.append("")
+    out.append("share of positives that avoid the label's obvious words (taxonomy keywords):")
+    for label in labels.taxonomy.labels:
+        if not label.keywords:
+            continue
+        pattern = re.compile(label.keywords, re.IGNORECASE)
+        positives = [p for p in labels.passages if label.id in p.labels]
+        shown = sum(1 for p in positives if not pattern.search(p.text))
+        out.append(f"  {label.id:<22}{shown:>6} / {len(positives):<6}"
+                   f"{shown / max(len(positives), 1):>6.0%}")
+    out.append("")
     out += table("register", registers,
                  lambda s, r: sum(1 for p in labels.split(s) if p.register == r))
     total = max(len(labels.passages), 1)

@@ -22,6 +22,7 @@ class Label:
     definition: str
     in_scope: tuple[str, ...] = ()
     near_misses: tuple[str, ...] = ()
+    keywords: str = ""  # regex of the label's obvious words, for labels stats
 
 
 @dataclass(frozen=True)
@@ -86,6 +87,7 @@ def load_taxonomy(path: Path) -> Taxonomy:
                 definition=str(entry.get("definition", "")).strip(),
                 in_scope=tuple(entry.get("in_scope") or ()),
                 near_misses=tuple(entry.get("near_misses") or ()),
+                keywords=str(entry.get("keywords") or ""),
             )
         )
     bounds = data.get("passage_words") or {}
