@@ -81,6 +81,8 @@ def test_tag_document_evidence(client):
     ("/tag_batch", {"items": []}, 422, "items"),
     ("/tag_batch", {"items": [{"text": "ok fine"}] * 51}, 413, "items"),
     ("/tag_batch", {"items": [{"text": "ok"}, {"text": ""}]}, 422, "items[1].text"),
+    ("/tag_document", {"text": "x" * 1_000_001}, 413, "text"),
+    ("/tag_document", {"text": ""}, 422, "text"),
 ])
 def test_client_errors_name_the_field(client, path, payload, status, field):
     r = client.post(path, json=payload)

@@ -137,3 +137,22 @@ def test_thresholds():
     t = best_f1_threshold(scores, y)
     assert 0.3 < t < 0.4  # best F1 takes all three positives
     assert 0.7 < min_recall_threshold(scores, y, 0.6) < 0.8
+
+
+def test_pickled_weights_are_never_loaded(workspace):
+    """An object array in weights.npz (which numpy would unpickle) is refused."""
+    import hashlib
+
+    models = workspace.models_dir
+    shutil.copytree(models / "v1", models / "evil")
+    weights = models / "evil" / "weights.npz"
+    with np.load(weights, allow_pickle=False) as data:
+        arrays = dict(data)
+    arrays["coef"] = np.array([{"payload": "would run on unpickle"}], dtype=object)
+    np.savez(weights, **arrays)
+    meta = json.loads((models / "evil" / "model.json").read_text())
+    meta["version"] = "evil"
+    meta["files"]["weights.npz"] = hashlib.sha256(weights.read_bytes()).hexdigest()
+    (models / "evil" / "model.json").write_text(json.dumps(meta))
+    with pytest.raises(ArtifactError, match="cannot read weights.npz"):
+        load_model(models, "evil")
