@@ -14,10 +14,7 @@ import argparse
 import json
 import os
 import platform
-import signal
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -83,19 +80,12 @@ def tropes_score(texts: list[str], precision: str) -> float:
         return best
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def worker_rss_mb(root_pid: int) -> float:
     """Peak RSS (VmHWM) of the largest process under the server (the model worker)."""
-    import psutil
+    from tests.servers import server_processes
 
-    root = psutil.Process(root_pid)
     peak = 0
-    for proc in [root, *root.children(recursive=True)]:
+    for proc in server_processes(root_pid):
         try:
             for line in Path(f"/proc/{proc.pid}/status").read_text().splitlines():
                 if line.startswith("VmHWM:"):
@@ -108,30 +98,15 @@ def worker_rss_mb(root_pid: int) -> float:
 def service(texts: list[str], precision: str) -> dict:
     import httpx
 
-    port = free_port()
-    env = {**os.environ, "TROPES_PRECISION": precision}
-    proc = subprocess.Popen([str(ROOT / ".venv/bin/tropes"), "serve", "--port", str(port)],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.time() + 120
-        while True:
-            try:
-                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.time() > deadline or proc.poll() is not None:
-                raise RuntimeError("service did not start")
-            time.sleep(0.5)
+    from tests.servers import running_server
+
+    with running_server(ROOT / "models", env={"TROPES_PRECISION": precision}) as (url, proc):
         client = httpx.Client(timeout=600)
         client.post(f"{url}/tag_batch", json={"items": [{"text": t} for t in texts[:64]]})
-        single = texts[0]
         latencies = []
         for _ in range(100):
             start = time.perf_counter()
-            client.post(f"{url}/tag", json={"text": single}).raise_for_status()
+            client.post(f"{url}/tag", json={"text": texts[0]}).raise_for_status()
             latencies.append((time.perf_counter() - start) * 1000)
         latencies.sort()
 
@@ -151,9 +126,6 @@ def service(texts: list[str], precision: str) -> dict:
         batch_rate = total / (time.perf_counter() - start)
         return {"batch": batch_rate, "p50": statistics.median(latencies),
                 "p99": latencies[int(len(latencies) * 0.99) - 1], "rss": worker_rss_mb(proc.pid)}
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=30)
 
 
 def main() -> None:
