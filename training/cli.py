@@ -116,14 +116,18 @@ def train(ctx, min_recall, force, version, no_cache):
         click.echo(f"wrote {where}; NOT promoted: {outcome.reason}")
 
 
-def _load_predictor(settings, version=None, profile=None):
+def _load_predictor(settings, version=None, profile=None, trained_precision=False):
+    """trained_precision: encode at the precision the model was trained with."""
     from .artifact import ArtifactError, load_model
     from .embeddings import load_encoder
     from .predictor import Predictor
 
     try:
         model = load_model(settings.models_dir, version)
-        encoder = load_encoder(settings.encoder, settings.precision, settings.batch_size)
+        precision = settings.precision
+        if trained_precision:
+            precision = (model.meta.get("encoder") or {}).get("precision", precision)
+        encoder = load_encoder(settings.encoder, precision, settings.batch_size)
         return Predictor(model, encoder, profile=profile)
     except ArtifactError as exc:
         raise Failure(str(exc)) from None
@@ -142,18 +146,9 @@ def eval_command(ctx, version, threshold_profile, as_json):
     from .metrics import evaluate, format_metrics
 
     settings = _settings(ctx)
-    if ctx.parent.params.get("precision") is None and "TROPES_PRECISION" not in os.environ:
-        # evaluate with the precision the model was trained with, so numbers reproduce
-        from dataclasses import replace
-
-        from .artifact import ArtifactError, load_model
-
-        try:
-            trained = load_model(settings.models_dir, version).meta["encoder"]["precision"]
-        except (ArtifactError, KeyError):
-            trained = settings.precision
-        settings = replace(settings, precision=trained)
-    predictor = _load_predictor(settings, version, threshold_profile)
+    # unless a precision is asked for, evaluate at the model's own, so numbers reproduce
+    asked = ctx.parent.params.get("precision") is not None or "TROPES_PRECISION" in os.environ
+    predictor = _load_predictor(settings, version, threshold_profile, trained_precision=not asked)
     labels = read_labels(settings.labels_dir)
     if labels.taxonomy.ids != predictor.labels:
         raise Failure(f"model {predictor.version} labels {predictor.labels} differ from "

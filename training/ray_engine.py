@@ -124,14 +124,14 @@ def score_with_ray(settings: Settings, source: str, output: str, options: ScoreO
             scored.write_parquet(str(out_dir))
         else:
             scored.write_json(str(out_dir), force_ascii=False)
-        rows = sum(1 for _ in out_dir.iterdir())
+        shards = sum(1 for _ in out_dir.iterdir())
     except ray.exceptions.RayTaskError as exc:
         cause = exc.cause if isinstance(getattr(exc, "cause", None), ScoreError) else None
         raise ScoreError(str(cause) if cause else f"Ray scoring failed: {exc}") from None
     finally:
         if started_here:
             ray.shutdown()
-    stats = ScoreStats(shards=rows)
+    stats = ScoreStats(shards=shards)
     stats.scored = _count_rows(out_dir)
     return stats
 
