@@ -8,13 +8,11 @@ import argparse
 import json
 import os
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
 
 def run(rows: int, texts: list[str], tmp: Path, fmt: str) -> tuple[float, float]:
@@ -34,7 +32,7 @@ def run(rows: int, texts: list[str], tmp: Path, fmt: str) -> tuple[float, float]
 
 
 def main() -> None:
-    from training.labelset import read_labels
+    from tropes.training.labelset import read_labels
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--sizes", type=int, nargs="+", default=[2000, 20000])

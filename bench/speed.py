@@ -15,20 +15,18 @@ import json
 import os
 import platform
 import statistics
-import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
 def passages(n: int) -> list[str]:
     """Passages of 80-160 words from labels/ (about 120 on average), repeated to n."""
-    from training.labelset import read_labels
+    from tropes.training.labelset import read_labels
 
     texts = [p.text for p in read_labels(ROOT / "labels").passages
              if 80 <= len(p.text.split()) <= 160]
@@ -60,12 +58,10 @@ def raw_encoder(texts: list[str], precision: str, batch_size: int) -> float:
 
 
 def tropes_score(texts: list[str], precision: str) -> float:
-    from training.artifact import load_model
-    from training.embeddings import MiniLMEncoder
-    from training.predictor import Predictor
-    from training.scoring import ScoreOptions, score_path
+    import tropes
+    from tropes.bulk.loop import ScoreOptions, score_path
 
-    predictor = Predictor(load_model(ROOT / "models"), MiniLMEncoder(precision=precision))
+    predictor = tropes.load(models_dir=ROOT / "models", precision=precision)
     predictor.tag(texts[:64])
     with tempfile.TemporaryDirectory() as tmp:
         src = Path(tmp) / "in.jsonl"
@@ -82,7 +78,7 @@ def tropes_score(texts: list[str], precision: str) -> float:
 
 def worker_rss_mb(root_pid: int) -> float:
     """Peak RSS (VmHWM) of the largest process under the server (the model worker)."""
-    from tests.servers import server_processes
+    from tropes.http.launch import server_processes
 
     peak = 0
     for proc in server_processes(root_pid):
@@ -97,8 +93,7 @@ def worker_rss_mb(root_pid: int) -> float:
 
 def service(texts: list[str], precision: str) -> dict:
     import httpx
-
-    from tests.servers import running_server
+    from tropes.http.launch import running_server
 
     with running_server(ROOT / "models", env={"TROPES_PRECISION": precision}) as (url, proc):
         client = httpx.Client(timeout=600)
@@ -129,7 +124,7 @@ def service(texts: list[str], precision: str) -> dict:
 
 
 def main() -> None:
-    from training.embeddings import cpu_has_amx_bf16, resolve_precision
+    from tropes.training.embeddings import cpu_has_amx_bf16, resolve_precision
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--passages", type=int, default=512)
@@ -140,7 +135,7 @@ def main() -> None:
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
           f"AMX {'yes' if cpu_has_amx_bf16() else 'no'}; default precision {chosen}; "
           f"{len(texts)} passages of {words:.0f} words on average\n")
-    from training.config import load_settings
+    from tropes.training.settings import load_settings
 
     batch = load_settings().batch_size
     baseline = raw_encoder(texts, "fp32", 32)  # sentence-transformers' default batch size

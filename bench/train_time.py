@@ -14,8 +14,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from training.config import REPO_ROOT, load_settings  # noqa: E402
-from training.train import train  # noqa: E402
+from tropes.training.settings import REPO_ROOT, load_settings  # noqa: E402
+from tropes.training.train import train  # noqa: E402
 
 
 def main() -> None:

@@ -4,12 +4,12 @@ tiny hashing encoder (seconds, no torch model load)."""
 from __future__ import annotations
 
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-
-from training.config import load_settings
-from training.embeddings import HashingEncoder
+from tropes.training.embeddings import HashingEncoder
+from tropes.training.settings import load_settings
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -32,7 +32,7 @@ def copy_labels(dest: Path, per_file: int | None = None) -> Path:
 @pytest.fixture(scope="session")
 def hashing_workspace(tmp_path_factory):
     """labels copy + a trained hashing-encoder model; returns settings for it."""
-    from training.train import train
+    from tropes.training.train import train
 
     root = tmp_path_factory.mktemp("ws")
     labels = copy_labels(root / "labels", per_file=40)
@@ -48,3 +48,19 @@ def workspace(hashing_workspace, tmp_path):
     shutil.copytree(hashing_workspace.models_dir, tmp_path / "models")
     return load_settings(labels_dir=hashing_workspace.labels_dir, models_dir=tmp_path / "models",
                          cache_dir=hashing_workspace.cache_dir, encoder="hashing")
+
+
+@dataclass
+class CliRun:
+    returncode: int
+    stdout: bytes
+    stderr: bytes
+
+
+def run_cli(*args: str, stdin: bytes | None = None, env: dict | None = None) -> CliRun:
+    """The `tropes` command in-process (click's CliRunner), shaped like subprocess.run."""
+    from click.testing import CliRunner
+    from tropes.cli import main
+
+    result = CliRunner().invoke(main, list(args), input=stdin, env=env, catch_exceptions=False)
+    return CliRun(result.exit_code, result.stdout_bytes, result.stderr_bytes)

@@ -20,5 +20,5 @@ def test_bentoml_build_offline(tmp_path):
     latest = (REPO / "models" / "LATEST").read_text().strip()
     assert (src / "models" / "LATEST").read_text().strip() == latest
     assert (src / "models" / latest / "weights.npz").is_file()
-    assert (src / "service" / "service.py").is_file()
+    assert (src / "service" / "http" / "service.py").is_file()
     assert (src / "labels" / "taxonomy.yaml").is_file()

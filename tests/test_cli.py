@@ -1,20 +1,16 @@
-"""The console script, run as users run it."""
+"""The command line, in-process through click's CliRunner."""
 
 import json
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
-EXE = str(Path(sys.executable).with_name("tropes"))
+from .conftest import run_cli
 
 
 def tropes(settings, *args, stdin=None):
-    cmd = [EXE, "--encoder", "hashing", "--models-dir", str(settings.models_dir),
-           "--labels-dir", str(settings.labels_dir), *args]
-    return subprocess.run(cmd, input=stdin, capture_output=True,
-                          env={"TROPES_CACHE_DIR": str(settings.cache_dir), "PATH": "/usr/bin"})
+    return run_cli("--encoder", "hashing", "--models-dir", str(settings.models_dir),
+                   "--labels-dir", str(settings.labels_dir), *args, stdin=stdin,
+                   env={"TROPES_CACHE_DIR": str(settings.cache_dir)})
 
 
 ROWS = [

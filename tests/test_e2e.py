@@ -10,9 +10,9 @@ from pathlib import Path
 
 import httpx
 import pytest
+from tropes.http.launch import running_server, server_processes
 
 from .conftest import REPO
-from .servers import running_server, server_processes
 
 pytestmark = [pytest.mark.e2e, pytest.mark.encoder]
 EXE = str(Path(sys.executable).with_name("tropes"))

@@ -11,8 +11,9 @@ import time
 from pathlib import Path
 
 import pytest
+from tropes.training.artifact import list_versions, load_model
 
-from training.artifact import list_versions, load_model
+from .conftest import REPO
 
 EXE = str(Path(sys.executable).with_name("tropes"))
 
@@ -63,10 +64,8 @@ def test_loading_and_scoring_open_no_outside_connection(monkeypatch, tmp_path):
     monkeypatch.setattr(socket.socket, "connect", guarded)
     monkeypatch.setattr(socket, "create_connection", lambda *a, **k: guarded(
         socket.socket(), a[0]))
-    from training.config import REPO_ROOT
-    from training.embeddings import load_encoder
-    from training.predictor import Predictor
+    import tropes
 
-    predictor = Predictor(load_model(REPO_ROOT / "models"), load_encoder("minilm", "fp32"))
-    assert predictor.tag(["The robot refused to open the pod bay doors."])[0]["scores"]
+    classifier = tropes.load(models_dir=REPO / "models", precision="fp32")
+    assert classifier.tag(["The robot refused to open the pod bay doors."])[0].scores
     assert attempts == []

@@ -11,10 +11,8 @@ import time
 
 import httpx
 import pytest
-
-from training.artifact import set_latest
-
-from .servers import process_rss_mb, running_server
+from tropes.http.launch import process_rss_mb, running_server
+from tropes.training.artifact import set_latest
 
 FULL = os.environ.get("TROPES_LOAD_FULL") == "1"
 TAGS, BATCHES, CLIENTS = (20_000, 500, 64) if FULL else (2_000, 40, 32)

@@ -2,11 +2,10 @@
 
 import numpy as np
 import pytest
-
-from training.artifact import load_model
-from training.embeddings import MiniLMEncoder, cpu_has_bf16, resolve_precision
-from training.labelset import read_labels
-from training.predictor import Predictor
+from tropes.classifier import Classifier
+from tropes.training.artifact import load_model
+from tropes.training.embeddings import MiniLMEncoder, cpu_has_bf16, resolve_precision
+from tropes.training.labelset import read_labels
 
 from .conftest import REPO
 
@@ -23,8 +22,8 @@ def test_auto_precision_follows_the_cpu():
 def test_bf16_matches_fp32_on_the_test_split():
     model = load_model(REPO / "models")
     texts = [p.text for p in read_labels(REPO / "labels").split("test")]
-    fp32 = Predictor(model, MiniLMEncoder(precision="fp32"))
-    bf16 = Predictor(model, MiniLMEncoder(precision="bf16"))
+    fp32 = Classifier(model, MiniLMEncoder(precision="fp32"))
+    bf16 = Classifier(model, MiniLMEncoder(precision="bf16"))
     a, b = fp32.probabilities(texts), bf16.probabilities(texts)
     assert np.abs(a - b).max() < 0.03
     decisions_a, decisions_b = a >= fp32.thresholds, b >= bf16.thresholds

@@ -7,11 +7,10 @@ import sys
 from pathlib import Path
 
 import pytest
-
-from training.artifact import load_model
-from training.embeddings import HashingEncoder
-from training.labelset import read_labels
-from training.predictor import Predictor
+from tropes.classifier import Classifier
+from tropes.training.artifact import load_model
+from tropes.training.embeddings import HashingEncoder
+from tropes.training.labelset import read_labels
 
 from .conftest import REPO
 
@@ -24,10 +23,10 @@ def scored(hashing_workspace, tmp_path_factory):
     known = {p.id for p in read_labels(hashing_workspace.labels_dir).passages}
     rows = [{"id": p.id, "text": p.text, "source": p.register}
             for p in read_labels(REPO / "labels").passages if p.id not in known][:300]
-    predictor = Predictor(load_model(hashing_workspace.models_dir), HashingEncoder())
+    predictor = Classifier(load_model(hashing_workspace.models_dir), HashingEncoder())
     results = predictor.tag([r["text"] for r in rows])
     path = tmp_path_factory.mktemp("scored") / "scored.jsonl"
-    path.write_text("".join(json.dumps({**r, "tropes": t}) + "\n"
+    path.write_text("".join(json.dumps({**r, "tropes": t.to_dict()}) + "\n"
                             for r, t in zip(rows, results)))
     return path, rows, results
 
@@ -44,11 +43,11 @@ def test_profile_counts_match_input_and_plots_exist(hashing_workspace, scored, t
     run = cli(hashing_workspace, "profile", str(path), "-o", str(out), "--by", "source")
     assert run.returncode == 0, run.stderr
     for label in load_model(hashing_workspace.models_dir).labels:
-        expected = sum(label in r["labels"] for r in results)
+        expected = sum(label in r.labels for r in results)
         line = next(x for x in run.stdout.splitlines() if x.startswith(label + " "))
         assert int(line.split()[1]) == expected, line
     for portrayal in ("misaligned", "aligned", "mixed", "none"):
-        expected = sum(r["portrayal"] == portrayal for r in results)
+        expected = sum(r.portrayal == portrayal for r in results)
         line = next(x for x in run.stdout.splitlines() if x.startswith(f"portrayal {portrayal}"))
         assert int(line.split()[2]) == expected
     for name in ("profile.md", "cooccurrence.png", "score_histograms.png", "label_shares.png"):
@@ -64,7 +63,7 @@ def test_profile_rejects_unscored_input(hashing_workspace, tmp_path):
     assert run.returncode == 1 and "raw.jsonl:1: no 'tropes' object" in run.stderr
 
 
-def test_suggest_picks_distinct_uncertain_passages_the_validator_accepts(
+def test_suggest_picks_distinct_uncertain_passages_for_review(
         hashing_workspace, scored, tmp_path):
     path, rows, results = scored
     out = tmp_path / "suggest.jsonl"
@@ -80,13 +79,24 @@ def test_suggest_picks_distinct_uncertain_passages_the_validator_accepts(
     for p in picked:
         label = p["guess"]["uncertain_about"]
         margins.append(abs(p["guess"]["scores"][label] - thresholds[label]))
-    all_margins = sorted(abs(r["scores"][lb] - thresholds[lb]) for r in results
+    all_margins = sorted(abs(r.scores[lb] - thresholds[lb]) for r in results
                          for lb in model.labels)
     assert sorted(margins)[len(margins) // 2] <= all_margins[len(all_margins) // 4]
-    # the labelling loop: the file drops into labels/train/ and validates
+    # the labelling loop: unreviewed lines are refused, reviewed ones validate
     labels = tmp_path / "labels"
     import shutil
 
     shutil.copytree(hashing_workspace.labels_dir, labels)
     shutil.copy(out, labels / "train" / "suggested.jsonl")
+    problems = read_labels(labels).problems
+    assert len(problems) == 12 and all("not been reviewed" in p for p in problems)
+    reviewed = [{**p, "labels": p["guess"]["labels"]} for p in picked]
+    (labels / "train" / "suggested.jsonl").write_text(
+        "".join(json.dumps(r) + "\n" for r in reviewed))
     assert read_labels(labels).problems == []
+    # never over an existing file, and a short answer says why
+    again = cli(hashing_workspace, "suggest", str(path), "--n", "5000", "-o", str(out))
+    assert again.returncode == 1 and "exists" in again.stderr
+    many = cli(hashing_workspace, "suggest", str(path), "--n", "5000", "-o",
+               str(tmp_path / "many.jsonl"))
+    assert many.returncode == 0 and "only " in many.stderr and "scanned" in many.stderr

@@ -6,11 +6,10 @@ import time
 
 import numpy as np
 import pytest
+from tropes.http.batching import MicroBatcher, Overloaded
 
-from service.runtime import MicroBatcher, Overloaded
 
-
-class SlowPredictor:
+class SlowClassifier:
     version = "v-slow"
 
     def __init__(self):
@@ -25,7 +24,7 @@ class SlowPredictor:
 
 class Holder:
     def __init__(self):
-        self.predictor = SlowPredictor()
+        self.classifier = SlowClassifier()
 
 
 def test_concurrent_requests_are_merged_and_answered_in_order():
@@ -38,11 +37,11 @@ def test_concurrent_requests_are_merged_and_answered_in_order():
         rest = [asyncio.create_task(batcher.submit([f"x {i}", f"y {i + 100}"]))
                 for i in range(1, 11)]
         await asyncio.sleep(0.05)
-        holder.predictor.gate.set()
+        holder.classifier.gate.set()
         return await first, await asyncio.gather(*rest)
 
     first, rest = asyncio.run(main())
-    assert holder.predictor.calls == [1, 20]  # ten waiting requests became one batch
+    assert holder.classifier.calls == [1, 20]  # ten waiting requests became one batch
     for i, (predictor, probs) in enumerate(rest, 1):
         assert predictor.version == "v-slow"
         assert probs[:, 0].tolist() == [i, i + 100]
@@ -57,7 +56,7 @@ def test_past_the_queue_limit_new_work_is_refused():
         await asyncio.sleep(0.05)
         with pytest.raises(Overloaded):
             await batcher.submit(["d 4"])
-        holder.predictor.gate.set()
+        holder.classifier.gate.set()
         await busy
         return await batcher.submit(["e 5"])  # accepted again once the queue drains
 
@@ -74,7 +73,7 @@ def test_encoder_failure_reaches_every_waiting_caller():
             raise RuntimeError("encoder exploded")
 
     holder = Holder()
-    holder.predictor = Broken()
+    holder.classifier = Broken()
     batcher = MicroBatcher(holder)
 
     async def main():

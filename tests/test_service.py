@@ -6,8 +6,7 @@ import time
 
 import pytest
 from starlette.testclient import TestClient
-
-from training.artifact import set_latest
+from tropes.training.artifact import set_latest
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +25,7 @@ def client(service_workspace):
     with pytest.MonkeyPatch.context() as mp:
         for key, value in env.items():
             mp.setenv(key, value)
-        from service.service import Tropes
+        from tropes.http.service import Tropes
 
         with TestClient(Tropes.to_asgi(), base_url="http://127.0.0.1",
                         client=("127.0.0.1", 50000)) as c:
@@ -148,13 +147,13 @@ def test_hot_reload_and_refusal(client, service_workspace):  # keep last: switch
 
 
 def test_full_queue_answers_503_with_retry_after(client, monkeypatch):
-    from service.runtime import Overloaded
-    from service.service import STATE
+    import bentoml
+    from tropes.http.batching import Overloaded
 
     async def refuse(texts):
         raise Overloaded("20000 passages are waiting; retry shortly")
 
-    monkeypatch.setattr(STATE["service"].batcher, "submit", refuse)
+    monkeypatch.setattr(bentoml.get_current_service().batcher, "submit", refuse)
     for path, payload in [("/tag", {"text": TEXT}), ("/tag_batch", {"items": [{"text": TEXT}]}),
                           ("/tag_document", {"text": TEXT})]:
         r = client.post(path, json=payload)
@@ -164,8 +163,7 @@ def test_full_queue_answers_503_with_retry_after(client, monkeypatch):
 
 def test_reload_is_refused_from_another_host(service_workspace):
     from starlette.testclient import TestClient
-
-    from service.service import extras
+    from tropes.http.service import extras
 
     with TestClient(extras, client=("10.1.2.3", 5555)) as other:
         r = other.post("/admin/reload")

@@ -7,9 +7,8 @@ import sys
 from pathlib import Path
 
 import pytest
-
-from training.artifact import load_model
-from training.labelset import read_labels
+from tropes.training.artifact import load_model
+from tropes.training.labelset import read_labels
 
 from .conftest import REPO
 

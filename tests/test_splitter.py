@@ -1,4 +1,4 @@
-from training.splitter import approx_tokens, split_passages
+from tropes.splitter import approx_tokens, split_passages
 
 DOC = "\n\n".join(
     " ".join(f"Sentence {p}-{s} tells of the lighthouse keeper and the storm." for s in range(12))

@@ -3,13 +3,18 @@ import shutil
 
 import numpy as np
 import pytest
-
-from training.artifact import ArtifactError, list_versions, load_model, set_latest, write_model
-from training.embeddings import HashingEncoder
-from training.labelset import read_labels
-from training.predictor import Predictor
-from training.thresholds import best_f1_threshold, min_recall_threshold
-from training.train import TrainingError, train
+from tropes.classifier import Classifier
+from tropes.training.artifact import (
+    ArtifactError,
+    list_versions,
+    load_model,
+    set_latest,
+    write_model,
+)
+from tropes.training.embeddings import HashingEncoder
+from tropes.training.labelset import read_labels
+from tropes.training.thresholds import best_f1_threshold, min_recall_threshold
+from tropes.training.train import TrainingError, train
 
 
 def test_artifact_layout_and_metadata(hashing_workspace):
@@ -35,8 +40,7 @@ def test_training_is_deterministic(workspace):
     np.testing.assert_array_equal(a.head.coef, b.head.coef)
     texts = [p.text for p in read_labels(workspace.labels_dir).split("test")[:20]]
     enc = HashingEncoder()
-    assert Predictor(a, enc).tag(texts) == [
-        {**r} for r in Predictor(b, enc).tag(texts)]
+    assert Classifier(a, enc).tag(texts) == Classifier(b, enc).tag(texts)
 
 
 def test_min_recall_profile_is_default_when_asked(workspace):

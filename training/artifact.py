@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .errors import TropesError
 from .head import Head
 
 FORMAT_VERSION = 1
@@ -26,7 +27,7 @@ VERSION_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 REQUIRED_FILES = ("model.json", "weights.npz")
 
 
-class ArtifactError(Exception):
+class ArtifactError(TropesError):
     """A model version that cannot be used; the message says which and why."""
 
 

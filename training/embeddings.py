@@ -92,7 +92,8 @@ class MiniLMEncoder:
         self.max_tokens = int(self.model.max_seq_length)
         self.precision = resolve_precision(precision)
         self.batch_size = batch_size
-        self.key = f"minilm-l6-v2-{self.precision}"
+        # the weights' hash is part of the key: another encoder never reads these vectors
+        self.key = f"minilm-l6-v2-{self.weights_sha256()[:12]}-{self.precision}"
         self._last_trim = 0.0
         self._libc = None
 
@@ -153,13 +154,15 @@ class MiniLMEncoder:
 class HashingEncoder:
     """Bag of hashed words and word pairs: deterministic, instant, for tests only."""
 
+    PACKAGE = "tropes.hashing"
+
     def __init__(self, dim: int = 256):
         self.dim = dim
         self.max_tokens = 256
         self.key = f"hashing-{dim}"
 
     def describe(self) -> dict:
-        return {"package": "tropes.hashing", "package_version": "1", "model": self.key,
+        return {"package": self.PACKAGE, "package_version": "1", "model": self.key,
                 "weights_sha256": "none", "dim": self.dim, "max_tokens": self.max_tokens,
                 "precision": "fp32"}
 
@@ -175,6 +178,29 @@ class HashingEncoder:
                 out[i, h % self.dim] += 1.0 if (h >> 63) else -1.0
         norms = np.linalg.norm(out, axis=1, keepdims=True)
         return out / np.maximum(norms, 1e-9)
+
+
+def check_encoder_matches(model, encoder: Encoder) -> None:
+    """Refuse an encoder other than the one the model's head was trained on."""
+    recorded = model.meta.get("encoder") or {}
+    actual = encoder.describe()
+    for key in ("package", "package_version", "weights_sha256", "dim"):
+        if key in recorded and recorded[key] != actual.get(key):
+            from .artifact import ArtifactError
+
+            raise ArtifactError(
+                f"model {model.version} was trained on encoder {key}={recorded[key]!r} but the "
+                f"loaded encoder has {actual.get(key)!r}: install the encoder the model names "
+                "or retrain with 'tropes train'")
+
+
+def encoder_for_model(model, settings, precision: str | None = None) -> Encoder:
+    """The encoder a model version was trained on, at the asked precision (default: the
+    settings', which default to auto)."""
+    recorded = model.meta.get("encoder") or {}
+    if settings.encoder == "hashing" or recorded.get("package") == HashingEncoder.PACKAGE:
+        return HashingEncoder(int(recorded.get("dim") or 256))
+    return load_encoder(settings.encoder, precision or settings.precision, settings.batch_size)
 
 
 def load_encoder(name: str = "minilm", precision: str = "auto", batch_size: int = 16) -> Encoder:

@@ -73,27 +73,41 @@ def _rel(path: Path, root: Path) -> str:
         return str(path)
 
 
-def _parse_line(raw: bytes, where: str, taxonomy: Taxonomy) -> tuple[dict | None, list[str]]:
+def _decode_line(raw: bytes, where: str) -> tuple[object, str | None]:
+    """The JSON value of one line, or the one problem that stops it being read."""
     if len(raw) > MAX_LINE_BYTES:
-        return None, [f"{where}: line is {len(raw):,} bytes, over the {MAX_LINE_BYTES:,} limit"]
+        return None, f"{where}: line is {len(raw):,} bytes, over the {MAX_LINE_BYTES:,} limit"
     if raw.endswith(b"\r"):
-        return None, [f"{where}: CRLF line ending; save the file with LF (\\n) line endings"]
+        return None, f"{where}: CRLF line ending; save the file with LF (\\n) line endings"
     try:
         line = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
-        return None, [f"{where}: invalid UTF-8 at byte {exc.start}"]
+        return None, f"{where}: invalid UTF-8 at byte {exc.start}"
     if line.startswith("\ufeff"):
-        return None, [f"{where}: starts with a byte-order mark (BOM); save as UTF-8 without BOM"]
+        return None, f"{where}: starts with a byte-order mark (BOM); save as UTF-8 without BOM"
     try:
-        record = json.loads(line)
+        return json.loads(line), None
     except json.JSONDecodeError as exc:
-        return None, [f"{where}: invalid JSON: {exc.msg} (column {exc.colno})"]
-    if not isinstance(record, dict):
-        return None, [f"{where}: expected a JSON object, got {type(record).__name__}"]
-    problems = [f"{where}: missing field '{k}'" for k in REQUIRED_FIELDS if k not in record]
-    if problems:
-        return None, problems
+        return None, f"{where}: invalid JSON: {exc.msg} (column {exc.colno})"
+
+
+def _check_labels_field(labels, where: str, taxonomy: Taxonomy) -> list[str]:
+    if labels is None:
+        return [f"{where}: 'labels' is null: this passage came from 'tropes suggest' and has "
+                "not been reviewed; set its labels (the model's guess is in 'guess'), then "
+                "move it into train/ or test/"]
+    if not isinstance(labels, list) or not all(isinstance(x, str) for x in labels):
+        return [f"{where}: field 'labels' must be a list of strings"]
+    problems = [f"{where}: unknown label {label!r} (not in taxonomy.yaml)"
+                for label in sorted(set(labels) - set(taxonomy.ids))]
+    problems += [f"{where}: label {label!r} appears {n} times"
+                 for label, n in Counter(labels).items() if n > 1]
+    return problems
+
+
+def _check_fields(record: dict, where: str, taxonomy: Taxonomy) -> list[str]:
     pid, text, labels, register = (record[k] for k in REQUIRED_FIELDS)
+    problems = []
     if not isinstance(pid, str) or not pid.strip():
         problems.append(f"{where}: field 'id' must be a non-empty string")
     if not isinstance(text, str) or not text.strip():
@@ -101,22 +115,26 @@ def _parse_line(raw: bytes, where: str, taxonomy: Taxonomy) -> tuple[dict | None
     else:
         words = len(text.split())
         if not taxonomy.min_words <= words <= taxonomy.max_words:
-            problems.append(
-                f"{where}: text has {words} words, outside "
-                f"{taxonomy.min_words}-{taxonomy.max_words}"
-            )
-    if not isinstance(labels, list) or not all(isinstance(x, str) for x in labels):
-        problems.append(f"{where}: field 'labels' must be a list of strings")
-    else:
-        for label in sorted(set(labels) - set(taxonomy.ids)):
-            problems.append(f"{where}: unknown label {label!r} (not in taxonomy.yaml)")
-        for label, n in Counter(labels).items():
-            if n > 1:
-                problems.append(f"{where}: label {label!r} appears {n} times")
+            problems.append(f"{where}: text has {words} words, outside "
+                            f"{taxonomy.min_words}-{taxonomy.max_words}")
+    problems += _check_labels_field(labels, where, taxonomy)
     if not isinstance(register, str) or not register:
         problems.append(f"{where}: field 'register' must be a non-empty string")
     elif taxonomy.registers and register not in taxonomy.registers:
         problems.append(f"{where}: unknown register {register!r} (see taxonomy.yaml)")
+    return problems
+
+
+def _parse_line(raw: bytes, where: str, taxonomy: Taxonomy) -> tuple[dict | None, list[str]]:
+    record, problem = _decode_line(raw, where)
+    if problem is not None:
+        return None, [problem]
+    if not isinstance(record, dict):
+        return None, [f"{where}: expected a JSON object, got {type(record).__name__}"]
+    problems = [f"{where}: missing field '{k}'" for k in REQUIRED_FIELDS if k not in record]
+    if problems:
+        return None, problems
+    problems = _check_fields(record, where, taxonomy)
     return (None if problems else record), problems
 
 
@@ -170,7 +188,7 @@ def _duplicate_ids(passages: list[Passage]) -> list[str]:
     return problems
 
 
-def _trigrams(text: str) -> set[str]:
+def word_trigrams(text: str) -> set[str]:
     words = re.findall(r"[a-z0-9']+", text.lower())
     return {" ".join(words[i : i + 3]) for i in range(max(len(words) - 2, 1))}
 
@@ -184,7 +202,7 @@ def _near_duplicates(passages: list[Passage]) -> list[str]:
     vocab: dict[str, int] = {}
     rows, cols = [], []
     for i, p in enumerate(passages):
-        for gram in _trigrams(p.text):
+        for gram in word_trigrams(p.text):
             rows.append(i)
             cols.append(vocab.setdefault(gram, len(vocab)))
     x = csr_matrix((np.ones(len(rows), dtype=np.float32), (rows, cols)),

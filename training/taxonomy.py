@@ -7,12 +7,23 @@ from pathlib import Path
 
 import yaml
 
+from .errors import TropesError
+
 GROUPS = ("misaligned", "aligned")
 PORTRAYALS = ("misaligned", "aligned", "mixed", "none")
 
 
-class TaxonomyError(ValueError):
+class TaxonomyError(TropesError, ValueError):
     pass
+
+
+def portrayal_of(misaligned: bool, aligned: bool) -> str:
+    """The derived summary (shared/TAXONOMY.md): the one place the rule is written."""
+    if misaligned and aligned:
+        return "mixed"
+    if misaligned:
+        return "misaligned"
+    return "aligned" if aligned else "none"
 
 
 @dataclass(frozen=True)
@@ -46,11 +57,7 @@ class Taxonomy:
 
     def portrayal(self, present: list[str] | set[str]) -> str:
         groups = {self.group_of(label) for label in present}
-        if groups == {"misaligned", "aligned"}:
-            return "mixed"
-        if groups:
-            return groups.pop()
-        return "none"
+        return portrayal_of("misaligned" in groups, "aligned" in groups)
 
     def to_json(self) -> list[dict]:
         return [

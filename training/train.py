@@ -8,20 +8,21 @@ from datetime import datetime, timezone
 import numpy as np
 
 from .artifact import ArtifactError, Model, load_model, new_version_id, set_latest, write_model
-from .config import Settings
 from .embeddings import embed_with_cache, load_encoder
+from .errors import TropesError
 from .features import build_features, prototype_sentences
 from .head import fit_head
 from .labelset import read_labels
 from .metrics import evaluate
 from .report import expected_calibration_error, write_report
+from .settings import Settings
 from .thresholds import pick_thresholds
 
 RECALL_PROFILE_TARGET = 0.9
 PROMOTION_TOLERANCE = 0.02
 
 
-class TrainingError(Exception):
+class TrainingError(TropesError):
     def __init__(self, message: str, problems: list[str] | None = None):
         super().__init__(message)
         self.problems = problems or []

@@ -1,15 +1,19 @@
-"""The `tropes` command line: one click group, small commands."""
+"""The `tropes` command line: a thin layer over the library (tropes.load, tropes.bulk,
+tropes.training). Library code raises TropesError; this is the one place it becomes
+'error: ...' with exit status 1."""
 
 from __future__ import annotations
 
 import json
 import os
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import click
 
-from .config import load_settings
+from .training.errors import TropesError
+from .training.settings import load_settings
 
 
 class Failure(click.ClickException):
@@ -22,24 +26,39 @@ class Failure(click.ClickException):
         click.echo(f"error: {self.format_message()}", err=True)
 
 
-def _settings(ctx) -> object:
+class TropesGroup(click.Group):
+    """Turns every TropesError raised by a command into a Failure, once, here."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except TropesError as exc:
+            for problem in getattr(exc, "problems", None) or []:
+                click.echo(problem, err=True)
+            raise Failure(str(exc)) from None
+
+
+def _settings(ctx):
     return ctx.obj["settings"]
 
 
-@click.group()
-@click.option("--labels-dir", type=click.Path(path_type=Path), help="default: ./labels")
-@click.option("--models-dir", type=click.Path(path_type=Path), help="default: ./models")
+@click.group(cls=TropesGroup)
+@click.option("--labels-dir", type=click.Path(path_type=Path),
+              help="default: ./labels if it exists, else the taxonomy shipped in the package")
+@click.option("--models-dir", type=click.Path(path_type=Path),
+              help="default: ./models if it exists, else the model shipped in the package")
 @click.option("--encoder", type=click.Choice(["minilm", "hashing"]), default=None,
               help="hashing is a tiny test encoder; default minilm")
 @click.option("--precision", type=click.Choice(["auto", "fp32", "bf16"]), default=None,
-              help="encoder precision; auto = bf16 where the CPU has AMX, else fp32")
+              help="encoder precision; auto = bf16 where the CPU has bf16 instructions")
 @click.pass_context
 def main(ctx, labels_dir, models_dir, encoder, precision):
     """tropes: find passages that portray AI as misaligned or aligned."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("BENTOML_DO_NOT_TRACK", "true")
     ctx.obj = {"settings": load_settings(labels_dir=labels_dir, models_dir=models_dir,
-                                         encoder=encoder, precision=precision)}
+                                         encoder=encoder, precision=precision),
+               "precision_asked": precision is not None or "TROPES_PRECISION" in os.environ}
 
 
 # --- labels -----------------------------------------------------------------------------
@@ -54,15 +73,14 @@ def labels():
 @click.pass_context
 def labels_check(ctx, path):
     """Validate labels/ (or PATH); print every problem as file:line: message."""
-    from .labelset import read_labels
+    from .training.labelset import read_labels
 
     folder = path or _settings(ctx).labels_dir
     result = read_labels(folder)
     for problem in result.problems:
         click.echo(problem)
     if result.problems:
-        click.echo(f"{len(result.problems)} problem(s) in {folder}", err=True)
-        sys.exit(1)
+        raise Failure(f"{len(result.problems)} problem(s) in {folder}")
     click.echo(f"ok: {len(result.passages)} passages, {len(result.taxonomy.ids)} labels")
 
 
@@ -71,7 +89,7 @@ def labels_check(ctx, path):
 @click.pass_context
 def labels_stats(ctx, path):
     """Counts per label, register and split."""
-    from .labelset import read_labels, stats_table
+    from .training.labelset import read_labels, stats_table
 
     result = read_labels(path or _settings(ctx).labels_dir)
     click.echo(stats_table(result))
@@ -91,21 +109,12 @@ def labels_stats(ctx, path):
 @click.pass_context
 def train(ctx, min_recall, force, version, no_cache):
     """Validate labels/, train a new model version and (if not worse) make it LATEST."""
-    from .artifact import ArtifactError
-    from .metrics import format_metrics
-    from .train import TrainingError
-    from .train import train as run_training
+    from .training.metrics import format_metrics
+    from .training.train import train as run_training
 
     settings = _settings(ctx)
-    try:
-        outcome = run_training(settings, min_recall=min_recall, force=force, version=version,
-                               use_cache=not no_cache)
-    except TrainingError as exc:
-        for problem in exc.problems:
-            click.echo(problem, err=True)
-        raise Failure(str(exc)) from None
-    except ArtifactError as exc:
-        raise Failure(str(exc)) from None
+    outcome = run_training(settings, min_recall=min_recall, force=force, version=version,
+                           use_cache=not no_cache)
     model = outcome.model
     click.echo(f"embedded {outcome.newly_embedded} new passage(s)")
     click.echo(format_metrics(model.meta["metrics"]["test"]))
@@ -116,21 +125,18 @@ def train(ctx, min_recall, force, version, no_cache):
         click.echo(f"wrote {where}; NOT promoted: {outcome.reason}")
 
 
-def _load_predictor(settings, version=None, profile=None, trained_precision=False):
-    """trained_precision: encode at the precision the model was trained with."""
-    from .artifact import ArtifactError, load_model
-    from .embeddings import load_encoder
-    from .predictor import Predictor
+def _load_classifier(ctx, version=None, profile=None, trained_precision=False):
+    """trained_precision: encode at the precision the model was trained with, unless the
+    user asked for one (so eval reproduces the stored numbers)."""
+    from .classifier import load
+    from .training.artifact import load_model
 
-    try:
-        model = load_model(settings.models_dir, version)
-        precision = settings.precision
-        if trained_precision:
-            precision = (model.meta.get("encoder") or {}).get("precision", precision)
-        encoder = load_encoder(settings.encoder, precision, settings.batch_size)
-        return Predictor(model, encoder, profile=profile)
-    except ArtifactError as exc:
-        raise Failure(str(exc)) from None
+    settings = _settings(ctx)
+    precision = None
+    if trained_precision and not ctx.obj["precision_asked"]:
+        recorded = load_model(settings.models_dir, version).meta.get("encoder") or {}
+        precision = recorded.get("precision")
+    return load(version, threshold_profile=profile, precision=precision, settings=settings)
 
 
 @main.command("eval")
@@ -140,28 +146,26 @@ def _load_predictor(settings, version=None, profile=None, trained_precision=Fals
 @click.pass_context
 def eval_command(ctx, version, threshold_profile, as_json):
     """Per-label precision/recall/F1, micro/macro F1 and portrayal accuracy on the test split."""
-    from .embeddings import embed_with_cache
-    from .features import build_features
-    from .labelset import read_labels
-    from .metrics import evaluate, format_metrics
+    from .training.embeddings import embed_with_cache
+    from .training.features import build_features
+    from .training.labelset import read_labels
+    from .training.metrics import evaluate, format_metrics
 
     settings = _settings(ctx)
-    # unless a precision is asked for, evaluate at the model's own, so numbers reproduce
-    asked = ctx.parent.params.get("precision") is not None or "TROPES_PRECISION" in os.environ
-    predictor = _load_predictor(settings, version, threshold_profile, trained_precision=not asked)
+    classifier = _load_classifier(ctx, version, threshold_profile, trained_precision=True)
     labels = read_labels(settings.labels_dir)
-    if labels.taxonomy.ids != predictor.labels:
-        raise Failure(f"model {predictor.version} labels {predictor.labels} differ from "
+    if labels.taxonomy.ids != classifier.labels:
+        raise Failure(f"model {classifier.version} labels {classifier.labels} differ from "
                       f"taxonomy.yaml {labels.taxonomy.ids}")
     texts, y = labels.matrix("test")
-    vectors, _ = embed_with_cache(predictor.encoder, texts, settings.cache_dir, progress=True)
-    probs = predictor.model.head.predict_proba(
-        build_features(vectors, predictor.model.prototypes))
-    metrics = evaluate(labels.taxonomy, y, probs >= predictor.thresholds)
+    vectors, _ = embed_with_cache(classifier.encoder, texts, settings.cache_dir, progress=True)
+    probs = classifier.model.head.predict_proba(
+        build_features(vectors, classifier.model.prototypes))
+    metrics = evaluate(labels.taxonomy, y, probs >= classifier.thresholds)
     if as_json:
         click.echo(json.dumps(metrics, indent=2))
     else:
-        click.echo(f"model {predictor.version}, test split")
+        click.echo(f"model {classifier.version}, test split")
         click.echo(format_metrics(metrics))
 
 
@@ -194,23 +198,20 @@ def score(ctx, source, output, text_field, id_field, version, threshold_profile,
           on_error, resume, overwrite, quiet, url, engine, ray_actors, ray_cpus_per_actor):
     """Score rows of JSONL or Parquet (IN: a file, a folder of shards, or - for stdin).
     Every other field passes through; a `tropes` object is added to each row."""
-    from .remote import RemoteError, RemoteTagger
-    from .scoring import ScoreError, ScoreOptions, score_path
+    from .bulk.loop import ScoreOptions, score_path
+    from .bulk.remote import RemoteTagger
 
     settings = _settings(ctx)
     options = ScoreOptions(text_field=text_field, id_field=id_field, on_error=on_error,
                            resume=resume, overwrite=overwrite, progress=not quiet,
-                           documents=documents)
+                           documents=documents, chunk_rows=settings.chunk_rows)
     if engine == "ray":
-        from .ray_engine import score_with_ray
+        from .bulk.ray_engine import score_with_ray
 
         if url or resume:
             raise Failure("--engine ray does not take --url or --resume")
-        try:
-            stats = score_with_ray(settings, source, output, options, version,
-                                   threshold_profile, ray_actors, ray_cpus_per_actor)
-        except ScoreError as exc:
-            raise Failure(str(exc)) from None
+        stats = score_with_ray(settings, source, output, options, version,
+                               threshold_profile, ray_actors, ray_cpus_per_actor)
         click.echo(f"scored {stats.scored} row(s) on Ray into {output}", err=True)
         return
     if url:
@@ -218,35 +219,27 @@ def score(ctx, source, output, text_field, id_field, version, threshold_profile,
             raise Failure("--url scores with the service's own model and thresholds; "
                           "drop --documents/--model/--threshold-profile")
         tag = RemoteTagger(url)
-        try:
-            labels = tag.labels()
-        except RemoteError as exc:
-            raise Failure(str(exc)) from None
+        labels = tag.labels()
     else:
-        predictor = _load_predictor(settings, version, threshold_profile)
-        tag = predictor.tag_documents if documents else predictor.tag
-        labels = predictor.labels
+        classifier = _load_classifier(ctx, version, threshold_profile)
+        tag = classifier.tag_documents if documents else classifier.tag
+        labels = classifier.labels
     try:
         stats = score_path(tag, labels, source, output, options)
-    except (ScoreError, RemoteError) as exc:
-        raise Failure(str(exc)) from None
     finally:
         if url:
             tag.close()
-    used = tag.version if url else predictor.version
+    used = tag.version if url else classifier.version
     click.echo(f"scored {stats.scored} row(s), skipped {stats.skipped}, model {used}", err=True)
 
 
 # --- profile / suggest ---------------------------------------------------------------------
 
 def _model_thresholds(settings, version, profile):
-    from .artifact import ArtifactError, load_model
+    from .training.artifact import load_model
 
-    try:
-        model = load_model(settings.models_dir, version)
-        return model.labels, dict(zip(model.labels, model.threshold_vector(profile).tolist()))
-    except ArtifactError as exc:
-        raise Failure(str(exc)) from None
+    model = load_model(settings.models_dir, version)
+    return model.labels, dict(zip(model.labels, model.threshold_vector(profile).tolist()))
 
 
 @main.command()
@@ -261,14 +254,11 @@ def _model_thresholds(settings, version, profile):
 @click.pass_context
 def profile(ctx, scored, output, by, id_field, text_field, version, threshold_profile):
     """What a scored corpus portrays: shares with 95% CIs, co-occurrence, histograms."""
-    from .profile import ProfileError, build_profile, summary_table, write_profile
+    from .profile import build_profile, summary_table, write_profile
 
     labels, thresholds = _model_thresholds(_settings(ctx), version, threshold_profile)
-    try:
-        result = build_profile(scored, labels, thresholds, by=by, id_field=id_field,
-                               text_field=text_field)
-    except ProfileError as exc:
-        raise Failure(str(exc)) from None
+    result = build_profile(scored, labels, thresholds, by=by, id_field=id_field,
+                           text_field=text_field)
     path = write_profile(result, output, str(scored), by)
     click.echo(summary_table(result))
     click.echo(f"\nwrote {path} and plots in {output}")
@@ -284,25 +274,26 @@ def profile(ctx, scored, output, by, id_field, text_field, version, threshold_pr
 @click.pass_context
 def suggest(ctx, scored, count, output, id_field, text_field, version):
     """Passages to label next: nearest the thresholds, spread across labels, deduplicated.
-    Written in the labels/ format; correct `labels`, then move the lines into labels/train/."""
-    from .labelset import read_labels
-    from .profile import ProfileError
+    Written in the labels/ format with "labels": null and the model's guess; set the labels,
+    then move the lines into labels/train/ (labels check refuses them until then)."""
     from .suggest import suggest as pick
     from .suggest import write_suggestions
+    from .training.labelset import read_labels
 
     settings = _settings(ctx)
     labels, thresholds = _model_thresholds(settings, version, None)
     existing = read_labels(settings.labels_dir)
-    try:
-        rows = pick(scored, labels, thresholds, count, [p.text for p in existing.passages],
-                    existing.taxonomy.registers, text_field=text_field, id_field=id_field,
-                    min_words=existing.taxonomy.min_words,
-                    max_words=existing.taxonomy.max_words)
-    except ProfileError as exc:
-        raise Failure(str(exc)) from None
-    write_suggestions(rows, output)
-    click.echo(f"{len(rows)} passage(s) suggested"
-               + (f" in {output}" if output and output != "-" else ""), err=True)
+    tax = existing.taxonomy
+    found = pick(scored, labels, thresholds, count, [p.text for p in existing.passages],
+                 tax.registers, text_field=text_field, id_field=id_field,
+                 min_words=tax.min_words, max_words=tax.max_words)
+    write_suggestions(found.rows, output)
+    click.echo(f"{len(found.rows)} passage(s) suggested"
+               + (f" in {output}" if output and output != "-" else "")
+               + "; set each 'labels' (null until reviewed), then move them into labels/",
+               err=True)
+    if (why := found.shortfall(count, tax.min_words, tax.max_words)) is not None:
+        click.echo(why, err=True)
 
 
 # --- models -------------------------------------------------------------------------------
@@ -312,7 +303,7 @@ def suggest(ctx, scored, count, output, id_field, text_field, version):
 def models(ctx):
     """List model versions with their metrics; `models use VERSION` switches LATEST."""
     if ctx.invoked_subcommand is None:
-        from .artifact import list_versions
+        from .training.artifact import list_versions
 
         rows = list_versions(_settings(ctx).models_dir)
         if not rows:
@@ -332,12 +323,9 @@ def models(ctx):
 @click.pass_context
 def models_use(ctx, version):
     """Make VERSION the LATEST model (roll back or forward)."""
-    from .artifact import ArtifactError, set_latest
+    from .training.artifact import set_latest
 
-    try:
-        set_latest(_settings(ctx).models_dir, version)
-    except ArtifactError as exc:
-        raise Failure(str(exc)) from None
+    set_latest(_settings(ctx).models_dir, version)
     click.echo(f"LATEST -> {version}")
 
 
@@ -350,20 +338,16 @@ def models_use(ctx, version):
 @click.pass_context
 def serve(ctx, host, port, version):
     """Serve the HTTP API with BentoML (analytics and model-hub access off)."""
-    from .artifact import ArtifactError, load_model
+    from .training.artifact import load_model
 
     settings = _settings(ctx)
-    try:
-        load_model(settings.models_dir, version)
-    except ArtifactError as exc:
-        raise Failure(str(exc)) from None
-    env = dict(os.environ, BENTOML_DO_NOT_TRACK="true", HF_HUB_OFFLINE="1",
-               TRANSFORMERS_OFFLINE="1", TROPES_MODELS_DIR=str(settings.models_dir),
-               TROPES_ENCODER=settings.encoder, TROPES_PRECISION=settings.precision)
     if version:
-        env["TROPES_MODEL_VERSION"] = version
+        settings = replace(settings, model_version=version)
+    load_model(settings.models_dir, settings.model_version)  # a clear error before BentoML
+    # the whole settings travel to the service process, which reads them back
+    env = dict(os.environ, BENTOML_DO_NOT_TRACK="true", HF_HUB_OFFLINE="1",
+               TRANSFORMERS_OFFLINE="1", **settings.as_env())
     bentoml = Path(sys.executable).with_name("bentoml")
-    root = Path(__file__).resolve().parent.parent
-    args = [str(bentoml), "serve", "service.service:Tropes", "--host", host,
-            "--port", str(port), "--working-dir", str(root)]
+    args = [str(bentoml), "serve", "tropes.http.service:Tropes", "--host", host,
+            "--port", str(port)]
     os.execve(args[0], args, env)

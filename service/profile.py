@@ -14,23 +14,24 @@ from pathlib import Path
 
 import numpy as np
 
-from .scoring import JSONL_SUFFIXES, PARQUET_SUFFIXES, file_format
+from .bulk.rows import ScoreError, file_format, list_shards
+from .result import is_tropes_object
+from .training.errors import TropesError
+from .training.taxonomy import PORTRAYALS
 
-PORTRAYALS = ("misaligned", "aligned", "mixed", "none")
 BINS = 50
 
 
-class ProfileError(Exception):
+class ProfileError(TropesError):
     pass
 
 
 def iter_scored(path: Path) -> Iterator[tuple[str, dict]]:
     """(where, record) for every row of a scored file or folder of shards."""
-    path = Path(path)
-    if not path.exists():
-        raise ProfileError(f"{path} does not exist")
-    files = sorted(p for p in path.iterdir() if p.name.lower().endswith(
-        JSONL_SUFFIXES + PARQUET_SUFFIXES)) if path.is_dir() else [path]
+    try:
+        files = list_shards(Path(path))
+    except ScoreError as exc:
+        raise ProfileError(str(exc)) from None
     for file in files:
         if file_format(file) == "parquet":
             import pyarrow.parquet as pq
@@ -53,7 +54,7 @@ def iter_scored(path: Path) -> Iterator[tuple[str, dict]]:
 
 def tropes_of(where: str, record) -> dict:
     tropes = record.get("tropes") if isinstance(record, dict) else None
-    if not isinstance(tropes, dict) or not {"labels", "scores", "portrayal"} <= set(tropes):
+    if not is_tropes_object(tropes):
         raise ProfileError(f"{where}: no 'tropes' object; run `tropes score` on it first")
     return tropes
 

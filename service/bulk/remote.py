@@ -5,9 +5,12 @@ from __future__ import annotations
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+from ..result import TagResult
+from ..training.errors import TropesError
 
-class RemoteError(Exception):
-    pass
+
+class RemoteError(TropesError):
+    """The service could not be reached or answered an error."""
 
 
 class RemoteTagger:
@@ -32,7 +35,7 @@ class RemoteTagger:
             raise RemoteError(f"cannot read {self.url}/labels: {exc}") from None
         return [label["id"] for label in response.json()["labels"]]
 
-    def _post(self, texts: list[str]) -> list[dict]:
+    def _post(self, texts: list[str]) -> list[TagResult]:
         import httpx
 
         payload = {"items": [{"id": i, "text": t} for i, t in enumerate(texts)]}
@@ -52,11 +55,10 @@ class RemoteTagger:
                                   f"{response.text[:300]}")
             body = response.json()
             self.version = body.get("model")
-            return [{k: item[k] for k in ("labels", "scores", "portrayal")}
-                    for item in body["items"]]
+            return [TagResult.from_dict(item) for item in body["items"]]
         raise RemoteError(f"{self.url} stayed overloaded after {self.retries} retries")
 
-    def __call__(self, texts: list[str]) -> list[dict]:
+    def __call__(self, texts: list[str]) -> list[TagResult]:
         chunks = [texts[i:i + self.batch_items] for i in range(0, len(texts), self.batch_items)]
         return [r for part in self.pool.map(self._post, chunks) for r in part]
 

@@ -9,18 +9,15 @@ import json
 
 from starlette.responses import JSONResponse
 
-from training.config import load_settings
+from ..training.settings import load_settings
+from .errors import ApiError
 
 API_PATHS = {"/tag", "/tag_batch", "/tag_document"}
 READ_AS_JSON = {"", "application/json", "application/x-www-form-urlencoded"}
 
 
-def error(status: int, message: str, field: str | None = None,
-          headers: dict | None = None) -> JSONResponse:
-    body = {"error": message}
-    if field is not None:
-        body["field"] = field
-    return JSONResponse(body, status_code=status, headers=headers)
+def error(status: int, message: str, field: str | None = None) -> JSONResponse:
+    return ApiError(status, message, field).response()
 
 
 class BodyTooLarge(Exception):

@@ -1,4 +1,6 @@
-"""Start a real `tropes serve` (bentoml serve) on 127.0.0.1 and a free port, and stop it."""
+"""Start a real `tropes serve` (bentoml serve) on 127.0.0.1 and a free port, wait until it is
+ready, and stop it: for tests, benchmarks and local tools. (psutil, for process checks, is a
+dev dependency.)"""
 
 from __future__ import annotations
 

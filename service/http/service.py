@@ -1,9 +1,9 @@
-"""The BentoML service: a thin HTTP layer over training.predictor via service.runtime."""
+"""The BentoML service: a thin HTTP layer over tropes.Classifier (via the model holder and
+the micro-batcher). Routes raise ApiError; `answers_errors` converts it."""
 
 from __future__ import annotations
 
 import asyncio
-import os
 
 import bentoml
 from pydantic import BaseModel, Field
@@ -12,12 +12,13 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse
 from starlette.routing import Route
 
-from service.guard import RequestGuard, error
-from service.runtime import MicroBatcher, ModelHolder, Overloaded
-from training.config import load_settings
-from training.taxonomy import TaxonomyError, load_taxonomy
+from ..training.settings import load_settings
+from ..training.taxonomy import TaxonomyError, load_taxonomy
+from .batching import MicroBatcher, Overloaded
+from .errors import ApiError, answers_errors
+from .guard import RequestGuard
+from .holder import ModelHolder
 
-STATE: dict = {}  # the service instance, for the plain Starlette routes below
 LOCAL_HOSTS = {"127.0.0.1", "::1", "localhost"}
 
 
@@ -26,17 +27,20 @@ class BatchItem(BaseModel):
     text: str
 
 
-def _overloaded(exc: Overloaded) -> JSONResponse:
-    return error(503, str(exc), headers={"Retry-After": str(Overloaded.retry_after_s)})
-
-
-def _check_text(text: str, field: str, limit: int) -> JSONResponse | None:
+def check_text(text: str, field: str, limit: int) -> None:
     if not text.strip():
-        return error(422, f"'{field}' is empty", field)
+        raise ApiError(422, f"'{field}' is empty", field)
     if len(text) > limit:
-        return error(413, f"'{field}' has {len(text):,} characters; the limit is {limit:,}",
-                     field)
-    return None
+        raise ApiError(413, f"'{field}' has {len(text):,} characters; the limit is {limit:,}",
+                       field)
+
+
+async def submit(batcher: MicroBatcher, texts: list[str]):
+    try:
+        return await batcher.submit(texts)
+    except Overloaded as exc:
+        raise ApiError(503, str(exc),
+                       headers={"Retry-After": str(Overloaded.retry_after_s)}) from None
 
 
 async def docs_page(_: Request) -> HTMLResponse:
@@ -50,25 +54,26 @@ async def docs_page(_: Request) -> HTMLResponse:
 
 
 async def labels_view(_: Request) -> JSONResponse:
-    svc = STATE["service"]
-    predictor = svc.holder.predictor
+    svc = bentoml.get_current_service()
+    classifier = svc.holder.classifier
     definitions = {lb["id"]: lb for lb in svc.taxonomy}
-    return JSONResponse({"model": predictor.version, "labels": [
+    return JSONResponse({"model": classifier.version, "labels": [
         {**definitions.get(label, {"id": label}), "group": group, "threshold": float(t)}
-        for label, group, t in zip(predictor.labels, predictor.model.groups,
-                                   predictor.thresholds)]})
+        for label, group, t in zip(classifier.labels, classifier.groups,
+                                   classifier.thresholds)]})
 
 
 async def model_view(_: Request) -> JSONResponse:
-    holder = STATE["service"].holder
-    return JSONResponse({**holder.predictor.model.summary(), "reload_error": holder.last_error,
+    holder = bentoml.get_current_service().holder
+    return JSONResponse({**holder.classifier.model.summary(), "reload_error": holder.last_error,
                          "pinned": holder.pinned is not None})
 
 
+@answers_errors
 async def reload_view(request: Request) -> JSONResponse:
     if request.client is None or request.client.host not in LOCAL_HOSTS:
-        return error(403, "reload is only allowed from the service's own host")
-    result = await asyncio.to_thread(STATE["service"].holder.reload)
+        raise ApiError(403, "reload is only allowed from the service's own host")
+    result = await asyncio.to_thread(bentoml.get_current_service().holder.reload)
     return JSONResponse(result, status_code=200 if result["error"] is None else 409)
 
 
@@ -87,58 +92,52 @@ class Tropes:
     def __init__(self) -> None:
         settings = load_settings()
         self.limits = settings.limits
-        self.holder = ModelHolder(settings, pinned=os.environ.get("TROPES_MODEL_VERSION"))
+        self.holder = ModelHolder(settings, pinned=settings.model_version)
         self.batcher = MicroBatcher(self.holder, max_queue=settings.limits.max_queue_passages)
         try:
             self.taxonomy = load_taxonomy(settings.labels_dir / "taxonomy.yaml").to_json()
         except TaxonomyError:
             self.taxonomy = []  # /labels then shows ids, groups and thresholds only
-        self.holder.watch(interval_s=float(os.environ.get("TROPES_WATCH_INTERVAL_S", "1")))
-        STATE["service"] = self
+        self.stop_watching = self.holder.watch(interval_s=settings.watch_interval_s)
+
+    @bentoml.on_shutdown
+    def shutdown(self) -> None:
+        self.stop_watching.set()
 
     @bentoml.api(route="/tag")
+    @answers_errors
     async def tag(self, text: str) -> dict:
         """Tag one passage: labels, per-label probabilities and the portrayal."""
-        if (problem := _check_text(text, "text", self.limits.max_text_chars)) is not None:
-            return problem
-        try:
-            predictor, probs = await self.batcher.submit([text])
-        except Overloaded as exc:
-            return _overloaded(exc)
-        return {**predictor.results(probs)[0], "model": predictor.version}
+        check_text(text, "text", self.limits.max_text_chars)
+        classifier, probs = await submit(self.batcher, [text])
+        return {**classifier.results(probs)[0].to_dict(), "model": classifier.version}
 
     @bentoml.api(route="/tag_batch")
+    @answers_errors
     async def tag_batch(self, items: list[BatchItem]) -> dict:
         """Tag up to 1,000 passages; answers in order, echoing each item's id."""
         limit = self.limits.max_batch_items
         if not items:
-            return error(422, "'items' is empty", "items")
+            raise ApiError(422, "'items' is empty", "items")
         if len(items) > limit:
-            return error(413, f"'items' has {len(items):,} entries; the limit is {limit:,}",
-                         "items")
+            raise ApiError(413, f"'items' has {len(items):,} entries; the limit is {limit:,}",
+                           "items")
         for i, item in enumerate(items):
-            field = f"items[{i}].text"
-            if (problem := _check_text(item.text, field, self.limits.max_text_chars)):
-                return problem
-        try:
-            predictor, probs = await self.batcher.submit([item.text for item in items])
-        except Overloaded as exc:
-            return _overloaded(exc)
-        results = predictor.results(probs)
-        return {"model": predictor.version,
-                "items": [{"id": item.id, **r} for item, r in zip(items, results)]}
+            check_text(item.text, f"items[{i}].text", self.limits.max_text_chars)
+        classifier, probs = await submit(self.batcher, [item.text for item in items])
+        results = classifier.results(probs)
+        return {"model": classifier.version,
+                "items": [{"id": item.id, **r.to_dict()} for item, r in zip(items, results)]}
 
     @bentoml.api(route="/tag_document")
+    @answers_errors
     async def tag_document(self, text: str, id: str | int | None = None) -> dict:
         """Tag a long document: split into passages, max over passages, evidence spans."""
-        if (problem := _check_text(text, "text", self.limits.max_document_chars)):
-            return problem
-        spans = await asyncio.to_thread(self.holder.predictor.split, text)
-        try:
-            predictor, probs = await self.batcher.submit([text[s.start:s.end] for s in spans])
-        except Overloaded as exc:
-            return _overloaded(exc)
-        return {"id": id, **predictor.document_result(spans, probs), "model": predictor.version}
+        check_text(text, "text", self.limits.max_document_chars)
+        spans = await asyncio.to_thread(self.holder.classifier.split, text)
+        classifier, probs = await submit(self.batcher, [text[s.start:s.end] for s in spans])
+        return {"id": id, **classifier.document_result(spans, probs).to_dict(),
+                "model": classifier.version}
 
 
 Tropes.add_asgi_middleware(RequestGuard)

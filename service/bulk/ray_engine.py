@@ -1,4 +1,4 @@
-"""Bulk scoring on Ray Data: the same predictor in a pool of actors, each loading the model
+"""Bulk scoring on Ray Data: the same classifier in a pool of actors, each loading the model
 once; shards are read and written by the cluster. Connects to RAY_ADDRESS when it is set,
 else starts a local Ray instance."""
 
@@ -7,18 +7,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .config import Settings
-from .scoring import (
-    JSONL_SUFFIXES,
-    PARQUET_SUFFIXES,
-    ScoreError,
-    ScoreOptions,
-    ScoreStats,
-    _arrow_tropes,
-    check_record,
-    file_format,
-    tropes_arrow_type,
-)
+from ..result import arrow_type
+from ..training.settings import Settings
+from .loop import ScoreOptions, ScoreStats
+from .rows import ScoreError, check_record, file_format, list_shards
 
 
 class RayScorer:
@@ -30,15 +22,12 @@ class RayScorer:
 
         # Ray sets OMP_NUM_THREADS=1 in actors; give torch the CPUs this actor reserved.
         torch.set_num_threads(max(threads, 1))
-        from .artifact import load_model
-        from .embeddings import load_encoder
-        from .predictor import Predictor
+        from ..classifier import load
 
-        model = load_model(settings.models_dir, version)
-        encoder = load_encoder(settings.encoder, settings.precision, settings.batch_size)
-        self.predictor = Predictor(model, encoder, profile=profile)
+        self.classifier = load(version, threshold_profile=profile, settings=settings)
         self.options = options
-        self.tropes_type = tropes_arrow_type(self.predictor.labels, options.documents)
+        self.tropes_type = arrow_type(self.classifier.labels, options.documents,
+                                      options.group_scores)
 
     def __call__(self, batch):
         import pyarrow as pa
@@ -58,21 +47,15 @@ class RayScorer:
             batch = batch.take(pa.array(keep, type=pa.int64()))
             records = [records[i] for i in keep]
         texts = [r[opts.text_field] for r in records]
-        tag = self.predictor.tag_documents if opts.documents else self.predictor.tag
-        results = [_arrow_tropes(r, opts.documents) for r in tag(texts)]
+        tag = self.classifier.tag_documents if opts.documents else self.classifier.tag
+        results = [r.to_arrow(opts.documents) for r in tag(texts)]
         if "tropes" in batch.column_names:
             batch = batch.drop_columns(["tropes"])
         return batch.append_column("tropes", pa.array(results, type=self.tropes_type))
 
 
 def _files(source: Path) -> tuple[list[str], str]:
-    if source.is_dir():
-        files = sorted(str(p) for p in source.iterdir()
-                       if p.name.lower().endswith(JSONL_SUFFIXES + PARQUET_SUFFIXES))
-    else:
-        files = [str(source)]
-    if not files:
-        raise ScoreError(f"{source} holds no .jsonl or .parquet shards")
+    files = [str(p) for p in list_shards(source)]
     formats = {file_format(f) for f in files}
     if len(formats) > 1:
         raise ScoreError(f"{source} mixes JSONL and Parquet shards; score them separately")
