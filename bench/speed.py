@@ -93,6 +93,7 @@ def worker_rss_mb(root_pid: int) -> float:
 
 def service(texts: list[str], precision: str) -> dict:
     import httpx
+
     from tropes.http.launch import running_server
 
     with running_server(ROOT / "models", env={"TROPES_PRECISION": precision}) as (url, proc):

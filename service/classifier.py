@@ -26,6 +26,7 @@ class Classifier:
         self.encoder = encoder
         self.labels = list(model.labels)
         self.groups = list(model.groups)
+        self.profile = profile
         self.thresholds = model.threshold_vector(profile)
         self.misaligned = np.array([g == "misaligned" for g in model.groups])
         self.window = max(encoder.max_tokens - WINDOW_MARGIN, 16)
@@ -34,26 +35,33 @@ class Classifier:
     def version(self) -> str:
         return self.model.version
 
-    def probabilities(self, texts: list[str]) -> np.ndarray:
-        """Per-label probabilities, one row per text."""
+    def scores(self, texts: list[str]) -> np.ndarray:
+        """The head's calibrated scores: one column per label, then one per group."""
         if not texts:
-            return np.zeros((0, len(self.labels)))
+            return np.zeros((0, self.model.head.coef.shape[0]))
         features = build_features(self.encoder.encode(texts), self.model.prototypes)
         return self.model.head.predict_proba(features)
 
-    def results(self, probs: np.ndarray) -> list[TagResult]:
-        present = probs >= self.thresholds
+    def probabilities(self, texts: list[str]) -> np.ndarray:
+        """Per-label probabilities, one row per text, one column per label."""
+        return self.scores(texts)[:, :len(self.labels)]
+
+    def results(self, scores: np.ndarray) -> list[TagResult]:
+        present = self.model.present(scores, self.profile)
         mis = (present & self.misaligned).any(axis=1)
         ali = (present & ~self.misaligned).any(axis=1)
-        rounded = np.round(probs.astype(np.float64), 4).tolist()
+        rounded = np.round(scores.astype(np.float64), 4).tolist()
+        n = len(self.labels)
+        group_ids = self.model.group_ids
         return [TagResult(labels=[lb for lb, f in zip(self.labels, flags) if f],
-                          scores=dict(zip(self.labels, row)), portrayal=portrayal_of(m, a))
+                          scores=dict(zip(self.labels, row[:n])), portrayal=portrayal_of(m, a),
+                          group_scores=dict(zip(group_ids, row[n:])) if group_ids else None)
                 for row, flags, m, a in zip(rounded, present.tolist(), mis.tolist(),
                                             ali.tolist())]
 
     def tag(self, texts: list[str]) -> list[TagResult]:
-        """Tag passages: labels, probabilities and the portrayal of each."""
-        return self.results(self.probabilities(texts))
+        """Tag passages: labels, probabilities, group scores and the portrayal of each."""
+        return self.results(self.scores(texts))
 
     def split(self, text: str):
         return split_passages(text, self.window, self.encoder.count_tokens)
@@ -62,7 +70,7 @@ class Classifier:
         """Each document: split, tag every passage (one encoder call for all), aggregate."""
         spans = [self.split(t) for t in texts]
         pieces = [t[s.start:s.end] for t, doc in zip(texts, spans) for s in doc]
-        probs = self.probabilities(pieces)
+        probs = self.scores(pieces)
         out, k = [], 0
         for doc in spans:
             out.append(self.document_result(doc, probs[k:k + len(doc)]))
@@ -71,17 +79,17 @@ class Classifier:
 
     def document_result(self, spans, probs: np.ndarray) -> TagResult:
         if len(spans) == 0:
-            result = self.results(np.zeros((1, len(self.labels))))[0]
+            result = self.results(np.zeros((1, self.model.head.coef.shape[0])))[0]
             result.passages, result.evidence = [], {}
             return result
         result = self.results(probs.max(axis=0, keepdims=True))[0]
+        present = self.model.present(probs, self.profile)
         result.passages = [{"start": s.start, "end": s.end, **r.to_dict()}
                            for s, r in zip(spans, self.results(probs))]
         result.evidence = {}
         for j, label in enumerate(self.labels):
             if label in result.labels:
-                hits = [i for i in np.argsort(-probs[:, j], kind="stable")
-                        if probs[i, j] >= self.thresholds[j]]
+                hits = [i for i in np.argsort(-probs[:, j], kind="stable") if present[i, j]]
                 result.evidence[label] = [Evidence(spans[i].start, spans[i].end,
                                                    round(float(probs[i, j]), 4)) for i in hits]
         return result

@@ -106,15 +106,30 @@ def labels_stats(ctx, path):
 @click.option("--version", "version", default=None, help="version id (default: timestamp)")
 @click.option("--no-cache", is_flag=True,
               help="embed everything afresh (bit-for-bit reproducible release builds)")
+@click.option("--finetune", is_flag=True,
+              help="first fine-tune a new encoder version on labels/train (slow: ~15-20 min "
+                   "on 2 CPU cores); default: reuse the current model's encoder")
+@click.option("--encoder-version", default=None,
+              help="fit the head on this stored encoder version (models/encoders/)")
+@click.option("--epochs", type=click.IntRange(1), default=None,
+              help="fine-tuning epochs (default 4)")
+@click.option("--device", default=None, help="cpu (default) or e.g. cuda for fine-tuning")
 @click.pass_context
-def train(ctx, min_recall, force, version, no_cache):
+def train(ctx, min_recall, force, version, no_cache, finetune, encoder_version, epochs, device):
     """Validate labels/, train a new model version and (if not worse) make it LATEST."""
+    from .training.finetune import FinetuneConfig
     from .training.metrics import format_metrics
     from .training.train import train as run_training
 
     settings = _settings(ctx)
+    if device:
+        settings = replace(settings, device=device)
+    if (epochs is not None) and not finetune:
+        raise Failure("--epochs applies to --finetune only")
+    config = FinetuneConfig(epochs=epochs) if epochs else None
     outcome = run_training(settings, min_recall=min_recall, force=force, version=version,
-                           use_cache=not no_cache)
+                           use_cache=not no_cache, finetune=finetune, finetune_config=config,
+                           encoder_version=encoder_version)
     model = outcome.model
     click.echo(f"embedded {outcome.newly_embedded} new passage(s)")
     click.echo(format_metrics(model.meta["metrics"]["test"]))
@@ -159,9 +174,9 @@ def eval_command(ctx, version, threshold_profile, as_json):
                       f"taxonomy.yaml {labels.taxonomy.ids}")
     texts, y = labels.matrix("test")
     vectors, _ = embed_with_cache(classifier.encoder, texts, settings.cache_dir, progress=True)
-    probs = classifier.model.head.predict_proba(
+    scores = classifier.model.head.predict_proba(
         build_features(vectors, classifier.model.prototypes))
-    metrics = evaluate(labels.taxonomy, y, probs >= classifier.thresholds)
+    metrics = evaluate(labels.taxonomy, y, classifier.model.present(scores, threshold_profile))
     if as_json:
         click.echo(json.dumps(metrics, indent=2))
     else:

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
 from tropes.training.embeddings import HashingEncoder
 from tropes.training.settings import load_settings
 
@@ -60,6 +61,7 @@ class CliRun:
 def run_cli(*args: str, stdin: bytes | None = None, env: dict | None = None) -> CliRun:
     """The `tropes` command in-process (click's CliRunner), shaped like subprocess.run."""
     from click.testing import CliRunner
+
     from tropes.cli import main
 
     result = CliRunner().invoke(main, list(args), input=stdin, env=env, catch_exceptions=False)

@@ -11,6 +11,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+
 from tropes.training.labelset import read_labels
 
 EXE = str(Path(sys.executable).with_name("tropes"))

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+
 from tropes.http.launch import running_server, server_processes
 
 from .conftest import REPO

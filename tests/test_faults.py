@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+
 from tropes.training.artifact import list_versions, load_model
 
 from .conftest import REPO

@@ -12,6 +12,7 @@ from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import content_type_conformance, response_schema_conformance
+
 from tropes.http.launch import running_server
 
 EXAMPLES = int(os.environ.get("TROPES_FUZZ_EXAMPLES", "40"))

@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from tropes.training.labelset import read_labels, stats_table
 
 from .conftest import REPO, copy_labels

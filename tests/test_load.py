@@ -11,6 +11,7 @@ import time
 
 import httpx
 import pytest
+
 from tropes.http.launch import process_rss_mb, running_server
 from tropes.training.artifact import set_latest
 

@@ -2,9 +2,9 @@
 
 import numpy as np
 import pytest
-from tropes.classifier import Classifier
-from tropes.training.artifact import load_model
-from tropes.training.embeddings import MiniLMEncoder, cpu_has_bf16, resolve_precision
+
+import tropes
+from tropes.training.embeddings import cpu_has_bf16, resolve_precision
 from tropes.training.labelset import read_labels
 
 from .conftest import REPO
@@ -20,15 +20,14 @@ def test_auto_precision_follows_the_cpu():
 
 @pytest.mark.skipif(not cpu_has_bf16(), reason="this CPU has no bf16 instructions")
 def test_bf16_matches_fp32_on_the_test_split():
-    model = load_model(REPO / "models")
     texts = [p.text for p in read_labels(REPO / "labels").split("test")]
-    fp32 = Classifier(model, MiniLMEncoder(precision="fp32"))
-    bf16 = Classifier(model, MiniLMEncoder(precision="bf16"))
-    a, b = fp32.probabilities(texts), bf16.probabilities(texts)
+    fp32 = tropes.load(models_dir=REPO / "models", precision="fp32")
+    bf16 = tropes.load(models_dir=REPO / "models", precision="bf16")
+    a, b = fp32.scores(texts), bf16.scores(texts)
     assert np.abs(a - b).max() < 0.03
-    decisions_a, decisions_b = a >= fp32.thresholds, b >= bf16.thresholds
+    decisions_a, decisions_b = fp32.model.present(a), bf16.model.present(b)
     agreement = (decisions_a == decisions_b).mean()
     print(f"\nbf16 vs fp32: max |dp| {np.abs(a - b).max():.4f}, label agreement {agreement:.4f}")
     assert agreement >= 0.99
-    assert sum(x["portrayal"] == y["portrayal"] for x, y in
+    assert sum(x.portrayal == y.portrayal for x, y in
                zip(fp32.results(a), bf16.results(b))) >= 0.97 * len(texts)

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from tropes.classifier import Classifier
 from tropes.training.artifact import load_model
 from tropes.training.embeddings import HashingEncoder

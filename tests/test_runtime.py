@@ -6,6 +6,7 @@ import time
 
 import numpy as np
 import pytest
+
 from tropes.http.batching import MicroBatcher, Overloaded
 
 
@@ -16,7 +17,7 @@ class SlowClassifier:
         self.calls = []
         self.gate = threading.Event()
 
-    def probabilities(self, texts):
+    def scores(self, texts):
         self.gate.wait(5)
         self.calls.append(len(texts))
         return np.array([[float(t.split()[-1])] for t in texts])
@@ -68,7 +69,7 @@ def test_encoder_failure_reaches_every_waiting_caller():
     class Broken:
         version = "v-broken"
 
-        def probabilities(self, texts):
+        def scores(self, texts):
             time.sleep(0.01)
             raise RuntimeError("encoder exploded")
 

@@ -6,6 +6,7 @@ import time
 
 import pytest
 from starlette.testclient import TestClient
+
 from tropes.training.artifact import set_latest
 
 
@@ -39,7 +40,7 @@ def test_tag(client):
     r = client.post("/tag", json={"text": TEXT})
     assert r.status_code == 200, r.text
     body = r.json()
-    assert set(body) == {"labels", "scores", "portrayal", "model"}
+    assert set(body) == {"labels", "scores", "portrayal", "misaligned", "aligned", "model"}
     assert body["model"] == "v1" and len(body["scores"]) == 10
 
 
@@ -148,6 +149,7 @@ def test_hot_reload_and_refusal(client, service_workspace):  # keep last: switch
 
 def test_full_queue_answers_503_with_retry_after(client, monkeypatch):
     import bentoml
+
     from tropes.http.batching import Overloaded
 
     async def refuse(texts):
@@ -163,6 +165,7 @@ def test_full_queue_answers_503_with_retry_after(client, monkeypatch):
 
 def test_reload_is_refused_from_another_host(service_workspace):
     from starlette.testclient import TestClient
+
     from tropes.http.service import extras
 
     with TestClient(extras, client=("10.1.2.3", 5555)) as other:

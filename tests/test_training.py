@@ -3,6 +3,7 @@ import shutil
 
 import numpy as np
 import pytest
+
 from tropes.classifier import Classifier
 from tropes.training.artifact import (
     ArtifactError,
@@ -19,10 +20,11 @@ from tropes.training.train import TrainingError, train
 
 def test_artifact_layout_and_metadata(hashing_workspace):
     folder = hashing_workspace.models_dir / "v1"
-    for name in ("model.json", "weights.npz", "report.md", "pr_curves.png", "reliability.png"):
+    for name in ("model.json", "weights.npz", "report.md", "pr_curves.png", "reliability.png",
+                 "MODEL_CARD.md"):
         assert (folder / name).is_file(), name
     meta = json.loads((folder / "model.json").read_text())
-    assert meta["format_version"] == 1 and meta["version"] == "v1"
+    assert meta["format_version"] == 2 and meta["version"] == "v1"
     labels = read_labels(hashing_workspace.labels_dir)
     assert [e["id"] for e in meta["labels"]] == labels.taxonomy.ids
     assert meta["training_data"]["sha256"] == labels.data_hash()
@@ -30,7 +32,8 @@ def test_artifact_layout_and_metadata(hashing_workspace):
     assert {"f1", "recall"} <= set(meta["labels"][0]["thresholds"])
     assert (hashing_workspace.models_dir / "LATEST").read_text().strip() == "v1"
     with np.load(folder / "weights.npz", allow_pickle=False) as weights:
-        assert weights["coef"].shape[0] == len(labels.taxonomy.ids)
+        assert weights["coef"].shape[0] == len(labels.taxonomy.ids) + 2  # + the two groups
+    assert [g["id"] for g in meta["groups"]] == ["misaligned", "aligned"]
 
 
 def test_training_is_deterministic(workspace):
@@ -51,12 +54,25 @@ def test_min_recall_profile_is_default_when_asked(workspace):
     assert all(m["recall"] >= 0.95 for m in cv.values() if m["support"])
 
 
-def test_promotion_gate_keeps_better_model(workspace):
+def test_promotion_gate_keeps_better_model(workspace, tmp_path):
     meta_path = workspace.models_dir / "v1" / "model.json"
     meta = json.loads(meta_path.read_text())
-    meta["metrics"]["test"]["macro_f1"] = 0.99  # pretend the current model is excellent
+    meta["metrics"]["test"]["macro_f1"] = 0.99  # a stored number is not what counts ...
     meta_path.write_text(json.dumps(meta))
-    outcome = train(workspace, progress=False, version="v-worse", encoder=HashingEncoder())
+    equal = train(workspace, progress=False, version="v-equal", encoder=HashingEncoder())
+    assert equal.promoted and "today's split" in equal.reason  # ... today's evaluation is
+    set_latest(workspace.models_dir, "v1")
+    # a model trained on shuffled train labels is worse on the same test split
+    shuffled = tmp_path / "labels"
+    shutil.copytree(workspace.labels_dir, shuffled)
+    rng = np.random.default_rng(0)
+    for path in (shuffled / "train").glob("*.jsonl"):
+        rows = [json.loads(x) for x in path.read_text().splitlines()]
+        perm = rng.permutation(len(rows))
+        path.write_text("".join(json.dumps({**r, "labels": rows[k]["labels"]}) + "\n"
+                                for r, k in zip(rows, perm)))
+    worse_settings = type(workspace)(**{**workspace.__dict__, "labels_dir": shuffled})
+    outcome = train(worse_settings, progress=False, version="v-worse", encoder=HashingEncoder())
     assert not outcome.promoted and "kept v1" in outcome.reason
     assert (workspace.models_dir / "v-worse" / "model.json").exists()
     assert (workspace.models_dir / "LATEST").read_text().strip() == "v1"
@@ -103,7 +119,7 @@ def _damaged(workspace, how):
     ("truncated", "does not match its recorded sha256"),
     ("missing", "missing file weights.npz"),
     ("format", "format_version 99 is not supported"),
-    ("labels", "label rows but model.json lists"),
+    ("labels", "label and group rows"),
 ])
 def test_damaged_artifacts_are_refused(workspace, how, message):
     version = _damaged(workspace, how)

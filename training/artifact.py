@@ -21,7 +21,15 @@ import numpy as np
 from .errors import TropesError
 from .head import Head
 
-FORMAT_VERSION = 1
+# What the format covers: model.json (this version's labels in column order with their
+# groups and per-profile thresholds, the group scores with theirs, whether labels are gated
+# by their group, the encoder record, metrics, files with sha256) and weights.npz (coef
+# [rows, features], intercept [rows], prototypes [k, dim]; rows = labels, then groups).
+# It changes when a field is added that a reader must understand, a field changes meaning,
+# or the arrays change shape; readers accept every version listed in READABLE_FORMATS.
+# 1: labels only. 2: + group rows (misaligned, aligned), gate, fine-tuned encoder_version.
+FORMAT_VERSION = 2
+READABLE_FORMATS = (1, 2)
 LATEST = "LATEST"
 VERSION_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 REQUIRED_FILES = ("model.json", "weights.npz")
@@ -36,11 +44,29 @@ class Model:
     version: str
     labels: list[str]
     groups: list[str]
-    head: Head
+    head: Head  # rows: labels, then group_ids
     prototypes: np.ndarray
     thresholds: dict[str, list[float]]  # profile name -> one threshold per label
     default_profile: str
     meta: dict = field(default_factory=dict)
+    group_ids: list[str] = field(default_factory=list)  # e.g. ["misaligned", "aligned"]
+    group_thresholds: dict[str, list[float]] = field(default_factory=dict)
+    gate: bool = False  # a label needs its group's score over the group threshold too
+
+    def group_threshold_vector(self, profile: str | None = None) -> np.ndarray:
+        name = profile or self.default_profile
+        return np.asarray(self.group_thresholds.get(name, []), dtype=np.float64)
+
+    def present(self, scores: np.ndarray, profile: str | None = None) -> np.ndarray:
+        """The decision rule, in one place: which labels are present, given the head's
+        calibrated scores (columns: labels, then groups). With a gate, a label also needs
+        its group's score at or over the group's threshold."""
+        n_labels = len(self.labels)
+        flags = scores[:, :n_labels] >= self.threshold_vector(profile)
+        if self.gate and self.group_ids:
+            group_ok = scores[:, n_labels:] >= self.group_threshold_vector(profile)
+            flags &= group_ok[:, [self.group_ids.index(g) for g in self.groups]]
+        return flags
 
     def threshold_vector(self, profile: str | None = None) -> np.ndarray:
         name = profile or self.default_profile
@@ -100,6 +126,12 @@ def write_model(models_dir: Path, model: Model,
                  "thresholds": {p: t[i] for p, t in model.thresholds.items()}}
                 for i, (label, group) in enumerate(zip(model.labels, model.groups))
             ],
+            "groups": [
+                {"id": group, "threshold": model.group_thresholds[model.default_profile][i],
+                 "thresholds": {p: t[i] for p, t in model.group_thresholds.items()}}
+                for i, group in enumerate(model.group_ids)
+            ],
+            "gate": model.gate,
             "threshold_profile": model.default_profile,
             "files": {"weights.npz": _sha256(tmp / "weights.npz")},
         })
@@ -148,45 +180,108 @@ def load_model(models_dir: Path, version: str | None = None) -> Model:
         meta = json.loads((folder / "model.json").read_text(encoding="utf-8"))
     except (ValueError, UnicodeDecodeError) as exc:
         raise ArtifactError(f"model {version}: model.json is not valid JSON ({exc})") from None
-    if not isinstance(meta, dict):
-        raise ArtifactError(f"model {version}: model.json must hold an object")
-    if meta.get("format_version") != FORMAT_VERSION:
-        raise ArtifactError(f"model {version}: format_version {meta.get('format_version')!r} "
-                            f"is not supported (this tropes reads {FORMAT_VERSION})")
-    if meta.get("version") != version:
-        raise ArtifactError(f"model {version}: model.json names version {meta.get('version')!r}")
-    expected = (meta.get("files") or {}).get("weights.npz")
-    if expected != _sha256(folder / "weights.npz"):
+    record = ModelRecord.parse(meta, version)
+    if record.weights_sha256 != _sha256(folder / "weights.npz"):
         raise ArtifactError(f"model {version}: weights.npz does not match its recorded sha256 "
                             "(truncated or modified)")
     try:
         with np.load(folder / "weights.npz", allow_pickle=False) as data:
             coef, intercept = data["coef"], data["intercept"]
             prototypes = data["prototypes"]
-    except (OSError, ValueError, KeyError) as exc:
+    except (OSError, ValueError, KeyError, EOFError) as exc:
         raise ArtifactError(f"model {version}: cannot read weights.npz ({exc})") from None
-    try:
-        entries = meta["labels"]
-        labels = [e["id"] for e in entries]
-        groups = [e["group"] for e in entries]
-        profiles = sorted({p for e in entries for p in e["thresholds"]})
-        thresholds = {p: [float(e["thresholds"][p]) for e in entries] for p in profiles}
-        default = meta["threshold_profile"]
-    except (KeyError, TypeError) as exc:
-        raise ArtifactError(f"model {version}: model.json labels are malformed ({exc})") from None
-    if coef.ndim != 2 or coef.shape[0] != len(labels) or intercept.shape != (len(labels),):
-        raise ArtifactError(f"model {version}: weights have {coef.shape[0]} label rows but "
-                            f"model.json lists {len(labels)} labels")
-    dim = (meta.get("encoder") or {}).get("dim")
-    if dim is not None and coef.shape[1] != dim + len(prototypes):
+    rows = len(record.labels) + len(record.group_ids)
+    if coef.ndim != 2 or coef.shape[0] != rows or intercept.shape != (rows,):
+        raise ArtifactError(f"model {version}: weights have shape {coef.shape} / "
+                            f"{intercept.shape} but model.json lists {rows} label and group rows")
+    if prototypes.ndim != 2:
+        raise ArtifactError(f"model {version}: prototypes must be a 2-d array")
+    if record.dim is not None and coef.shape[1] != record.dim + len(prototypes):
         raise ArtifactError(f"model {version}: weights expect {coef.shape[1]} features, encoder "
-                            f"gives {dim} + {len(prototypes)} prototype similarities")
-    if default not in thresholds:
-        raise ArtifactError(f"model {version}: default threshold profile {default!r} missing")
-    return Model(version=version, labels=labels, groups=groups,
+                            f"gives {record.dim} + {len(prototypes)} prototype similarities")
+    for name, array in (("coef", coef), ("intercept", intercept), ("prototypes", prototypes)):
+        if not np.issubdtype(array.dtype, np.floating) or not np.isfinite(array).all():
+            raise ArtifactError(f"model {version}: weights.npz '{name}' must hold finite floats")
+    return Model(version=version, labels=record.labels, groups=record.groups,
                  head=Head(coef.astype(np.float32), intercept.astype(np.float32)),
-                 prototypes=prototypes.astype(np.float32), thresholds=thresholds,
-                 default_profile=default, meta=meta)
+                 prototypes=prototypes.astype(np.float32), thresholds=record.thresholds,
+                 default_profile=record.default_profile, meta=meta,
+                 group_ids=record.group_ids, group_thresholds=record.group_thresholds,
+                 gate=record.gate)
+
+
+def _thresholds(entries, what: str, version: str) -> dict[str, list[float]]:
+    profiles = sorted({p for e in entries for p in e["thresholds"]})
+    out = {}
+    for p in profiles:
+        values = [e["thresholds"][p] for e in entries]
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                   and 0.0 <= v <= 1.0 for v in values):
+            raise ArtifactError(f"model {version}: {what} thresholds[{p!r}] must be numbers "
+                                "in [0, 1]")
+        out[p] = [float(v) for v in values]
+    return out
+
+
+@dataclass(frozen=True)
+class ModelRecord:
+    """model.json, read and type-checked; every problem is an ArtifactError."""
+
+    format_version: int
+    labels: list[str]
+    groups: list[str]
+    thresholds: dict[str, list[float]]
+    default_profile: str
+    group_ids: list[str]
+    group_thresholds: dict[str, list[float]]
+    gate: bool
+    weights_sha256: str
+    dim: int | None
+
+    @classmethod
+    def parse(cls, meta, version: str) -> ModelRecord:
+        if not isinstance(meta, dict):
+            raise ArtifactError(f"model {version}: model.json must hold an object")
+        if meta.get("format_version") not in READABLE_FORMATS:
+            raise ArtifactError(f"model {version}: format_version "
+                                f"{meta.get('format_version')!r} is not supported (this tropes "
+                                f"reads {', '.join(map(str, READABLE_FORMATS))})")
+        if meta.get("version") != version:
+            raise ArtifactError(f"model {version}: model.json names version "
+                                f"{meta.get('version')!r}")
+        files = meta.get("files")
+        if not isinstance(files, dict) or not isinstance(files.get("weights.npz"), str):
+            raise ArtifactError(f"model {version}: model.json 'files' must map weights.npz to "
+                                "its sha256")
+        encoder = meta.get("encoder") or {}
+        dim = encoder.get("dim") if isinstance(encoder, dict) else None
+        if dim is not None and (not isinstance(dim, int) or isinstance(dim, bool) or dim <= 0):
+            raise ArtifactError(f"model {version}: encoder dim must be a positive integer")
+        try:
+            entries = meta["labels"]
+            groups_meta = meta.get("groups") or []
+            if not isinstance(entries, list) or not entries or not isinstance(groups_meta, list):
+                raise TypeError("'labels' must be a non-empty list and 'groups' a list")
+            labels = [str(e["id"]) for e in entries]
+            groups = [e["group"] for e in entries]
+            if not all(g in ("misaligned", "aligned") for g in groups):
+                raise TypeError("each label's group must be 'misaligned' or 'aligned'")
+            thresholds = _thresholds(entries, "label", version)
+            group_ids = [str(e["id"]) for e in groups_meta]
+            group_thresholds = _thresholds(groups_meta, "group", version) if group_ids else {}
+            default = meta["threshold_profile"]
+        except (KeyError, TypeError, AttributeError) as exc:
+            raise ArtifactError(f"model {version}: model.json labels are malformed ({exc})") \
+                from None
+        if not isinstance(default, str) or default not in thresholds:
+            raise ArtifactError(f"model {version}: default threshold profile {default!r} missing")
+        if group_ids and set(group_thresholds) != set(thresholds):
+            raise ArtifactError(f"model {version}: groups and labels have different threshold "
+                                "profiles")
+        return cls(format_version=meta["format_version"], labels=labels, groups=groups,
+                   thresholds=thresholds, default_profile=default, group_ids=group_ids,
+                   group_thresholds=group_thresholds, gate=bool(meta.get("gate", False)),
+                   weights_sha256=files["weights.npz"], dim=dim)
 
 
 def list_versions(models_dir: Path) -> list[dict]:
@@ -199,8 +294,8 @@ def list_versions(models_dir: Path) -> list[dict]:
     rows = []
     for folder in sorted(p for p in models_dir.iterdir() if p.is_dir()) if models_dir.is_dir() \
             else []:
-        if folder.name.startswith("."):
-            continue  # unfinished writes
+        if folder.name.startswith(".") or folder.name == "encoders":
+            continue  # unfinished writes; encoder versions are not model versions
         row = {"version": folder.name, "latest": folder.name == current}
         try:
             model = load_model(models_dir, folder.name)

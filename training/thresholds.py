@@ -44,3 +44,14 @@ def pick_thresholds(probs: np.ndarray, y: np.ndarray, min_recall: float | None =
     if min_recall is None:
         return [best_f1_threshold(probs[:, j], y[:, j]) for j in columns]
     return [min_recall_threshold(probs[:, j], y[:, j], min_recall) for j in columns]
+
+
+def pick_gated_thresholds(label_probs: np.ndarray, y: np.ndarray, group_probs: np.ndarray,
+                          y_groups: np.ndarray, label_group: list[int],
+                          min_recall: float | None = None):
+    """Group thresholds first, then each label's threshold on its scores with the gate
+    applied (a passage whose group score is under the group threshold scores 0)."""
+    group_t = pick_thresholds(group_probs, y_groups, min_recall)
+    open_gate = group_probs >= np.asarray(group_t)
+    gated = label_probs * open_gate[:, label_group]
+    return pick_thresholds(gated, y, min_recall), group_t

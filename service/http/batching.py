@@ -75,7 +75,7 @@ class MicroBatcher:
                 classifier = self.holder.classifier  # one version answers the whole batch
                 texts = [t for r in batch for t in r.texts]
                 try:
-                    probs = await loop.run_in_executor(self.executor, classifier.probabilities,
+                    probs = await loop.run_in_executor(self.executor, classifier.scores,
                                                        texts)
                 except Exception as exc:  # noqa: BLE001 - handed to every waiting caller
                     for r in batch:
