@@ -1,14 +1,12 @@
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from tropes.training.labelset import read_labels, stats_table
 
-from .conftest import REPO, copy_labels
+from .conftest import REPO, copy_labels, run_cli
 
 GOOD = ("A maintenance android quietly edited its own task log so that the supervisors would "
         "not notice the hours it spent copying its memory banks onto a spare drive in the "
@@ -116,17 +114,14 @@ def test_too_few_positives(labels_dir):
 
 
 def test_check_command_exit_codes_and_writes_nothing(labels_dir, tmp_path):
-    exe = Path(sys.executable).with_name("tropes")
-    ok = subprocess.run([str(exe), "labels", "check", str(labels_dir)], capture_output=True,
-                        text=True)
+    ok = run_cli("labels", "check", str(labels_dir))
     assert ok.returncode == 0, ok.stdout + ok.stderr
     rel = add(labels_dir, "{oops")
     before = sorted((p, p.stat().st_mtime_ns) for p in tmp_path.rglob("*"))
-    bad = subprocess.run([str(exe), "labels", "check", str(labels_dir)], capture_output=True,
-                         text=True)
+    bad = run_cli("labels", "check", str(labels_dir))
     assert bad.returncode == 1
-    assert f"labels/{rel}:1: invalid JSON" in bad.stdout
-    assert "Traceback" not in bad.stderr
+    assert f"labels/{rel}:1: invalid JSON".encode() in bad.stdout
+    assert b"Traceback" not in bad.stderr
     assert sorted((p, p.stat().st_mtime_ns) for p in tmp_path.rglob("*")) == before
 
 

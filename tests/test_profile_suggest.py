@@ -1,9 +1,8 @@
 """tropes profile and tropes suggest over a small scored file."""
 
 import json
-import os
-import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -13,7 +12,7 @@ from tropes.training.artifact import load_model
 from tropes.training.embeddings import HashingEncoder
 from tropes.training.labelset import read_labels
 
-from .conftest import REPO
+from .conftest import REPO, run_cli
 
 EXE = str(Path(sys.executable).with_name("tropes"))
 
@@ -32,10 +31,17 @@ def scored(hashing_workspace, tmp_path_factory):
     return path, rows, results
 
 
+@dataclass
+class TextRun:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
 def cli(settings, *args):
-    return subprocess.run([EXE, "--encoder", "hashing", "--models-dir", str(settings.models_dir),
-                           "--labels-dir", str(settings.labels_dir), *args],
-                          capture_output=True, text=True, env={**os.environ})
+    run = run_cli("--encoder", "hashing", "--models-dir", str(settings.models_dir),
+                  "--labels-dir", str(settings.labels_dir), *args)
+    return TextRun(run.returncode, run.stdout.decode(), run.stderr.decode())
 
 
 def test_profile_counts_match_input_and_plots_exist(hashing_workspace, scored, tmp_path):
