@@ -46,7 +46,8 @@ def _settings(ctx):
 @click.option("--labels-dir", type=click.Path(path_type=Path),
               help="default: ./labels if it exists, else the taxonomy shipped in the package")
 @click.option("--models-dir", type=click.Path(path_type=Path),
-              help="default: ./models if it exists, else the model shipped in the package")
+              help="default: ./models when the working directory has one, else the models/ "
+                   "of the installed tropes (see `tropes models`)")
 @click.option("--encoder", type=click.Choice(["minilm", "hashing"]), default=None,
               help="hashing is a tiny test encoder; default minilm")
 @click.option("--precision", type=click.Choice(["auto", "fp32", "bf16"]), default=None,
@@ -214,12 +215,15 @@ def score(ctx, source, output, text_field, id_field, version, threshold_profile,
     """Score rows of JSONL or Parquet (IN: a file, a folder of shards, or - for stdin).
     Every other field passes through; a `tropes` object is added to each row."""
     from .bulk.loop import ScoreOptions, score_path
+    from .bulk.preflight import check_paths
     from .bulk.remote import RemoteTagger
 
     settings = _settings(ctx)
     options = ScoreOptions(text_field=text_field, id_field=id_field, on_error=on_error,
                            resume=resume, overwrite=overwrite, progress=not quiet,
-                           documents=documents, chunk_rows=settings.chunk_rows)
+                           documents=documents, chunk_rows=settings.chunk_rows,
+                           threshold_profile=threshold_profile)
+    check_paths(source, output, options)  # before the model loads: fail in a second
     if engine == "ray":
         from .bulk.ray_engine import score_with_ray
 
@@ -235,10 +239,12 @@ def score(ctx, source, output, text_field, id_field, version, threshold_profile,
                           "drop --documents/--model/--threshold-profile")
         tag = RemoteTagger(url)
         labels = tag.labels()
+        options = replace(options, model_version=tag.version)
     else:
         classifier = _load_classifier(ctx, version, threshold_profile)
         tag = classifier.tag_documents if documents else classifier.tag
         labels = classifier.labels
+        options = replace(options, model_version=classifier.version)
     try:
         stats = score_path(tag, labels, source, output, options)
     finally:
@@ -320,7 +326,9 @@ def models(ctx):
     if ctx.invoked_subcommand is None:
         from .training.artifact import list_versions
 
-        rows = list_versions(_settings(ctx).models_dir)
+        models_dir = _settings(ctx).models_dir
+        rows = list_versions(models_dir)
+        click.echo(f"models in {models_dir.resolve()}", err=True)
         if not rows:
             click.echo("no models yet: run 'tropes train'")
         for row in rows:
@@ -339,9 +347,15 @@ def models(ctx):
 def models_use(ctx, version):
     """Make VERSION the LATEST model (roll back or forward)."""
     from .training.artifact import set_latest
+    from .training.settings import default_dir
 
-    set_latest(_settings(ctx).models_dir, version)
-    click.echo(f"LATEST -> {version}")
+    models_dir = _settings(ctx).models_dir
+    if ctx.find_root().params.get("models_dir") is None and "TROPES_MODELS_DIR" not in \
+            os.environ and not (Path.cwd() / "models").is_dir():
+        raise Failure(f"there is no ./models here, and the default would change the installed "
+                      f"tropes' {default_dir('models')}; pass --models-dir to say which")
+    set_latest(models_dir, version)
+    click.echo(f"LATEST -> {version} in {models_dir.resolve()}")
 
 
 # --- serve --------------------------------------------------------------------------------

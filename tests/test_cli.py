@@ -41,8 +41,10 @@ def test_score_adds_tropes_and_keeps_every_other_byte(hashing_workspace, tmp_pat
         tropes_obj = record.pop("tropes")
         assert record == json.loads(raw_in)
         assert raw_out.startswith(raw_in[:-1])  # the original bytes, then the new field
-        assert set(tropes_obj) == {"labels", "scores", "portrayal", "misaligned", "aligned"}
+        assert set(tropes_obj) == {"labels", "scores", "portrayal", "misaligned", "aligned",
+                                   "model"}
         assert 0.0 <= tropes_obj["misaligned"] <= 1.0 and 0.0 <= tropes_obj["aligned"] <= 1.0
+        assert tropes_obj["model"] == "v1"
         assert tropes_obj["portrayal"] in {"misaligned", "aligned", "mixed", "none"}
         assert all(0.0 <= p <= 1.0 for p in tropes_obj["scores"].values())
         assert set(tropes_obj["labels"]) <= set(tropes_obj["scores"])

@@ -160,14 +160,34 @@ def set_latest(models_dir: Path, version: str) -> None:
 def latest_version(models_dir: Path) -> str:
     pointer = Path(models_dir) / LATEST
     try:
-        version = pointer.read_text().strip()
+        version = pointer.read_text(encoding="utf-8").strip()
     except FileNotFoundError:
         raise ArtifactError(f"{pointer} not found: train a model with 'tropes train'") from None
+    except IsADirectoryError:
+        raise ArtifactError(f"{pointer} is a folder; it must be a file naming a version") \
+            from None
+    except UnicodeDecodeError:
+        raise ArtifactError(f"{pointer} is not UTF-8 text naming a version") from None
+    except OSError as exc:
+        raise ArtifactError(f"{pointer} cannot be read: {exc.strerror}") from None
     return check_version_name(version)
 
 
 def load_model(models_dir: Path, version: str | None = None) -> Model:
-    """Load and fully validate one version (LATEST when version is None)."""
+    """Load and fully validate one version (LATEST when version is None). Whatever is
+    wrong with the files, the one exception is ArtifactError."""
+    try:
+        return _load_checked(models_dir, version)
+    except ArtifactError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a check we lack must still not crash a watcher
+        raise ArtifactError(f"model {version or 'LATEST'} in {models_dir} cannot be loaded "
+                            f"({type(exc).__name__}: {exc})") from None
+
+
+def _load_checked(models_dir: Path, version: str | None) -> Model:
+    from .artifact_checks import check_meta, check_weights
+
     models_dir = Path(models_dir)
     version = latest_version(models_dir) if version is None else check_version_name(version)
     folder = models_dir / version
@@ -181,6 +201,7 @@ def load_model(models_dir: Path, version: str | None = None) -> Model:
     except (ValueError, UnicodeDecodeError) as exc:
         raise ArtifactError(f"model {version}: model.json is not valid JSON ({exc})") from None
     record = ModelRecord.parse(meta, version)
+    check_meta(meta, version)
     if record.weights_sha256 != _sha256(folder / "weights.npz"):
         raise ArtifactError(f"model {version}: weights.npz does not match its recorded sha256 "
                             "(truncated or modified)")
@@ -188,9 +209,11 @@ def load_model(models_dir: Path, version: str | None = None) -> Model:
         with np.load(folder / "weights.npz", allow_pickle=False) as data:
             coef, intercept = data["coef"], data["intercept"]
             prototypes = data["prototypes"]
-    except (OSError, ValueError, KeyError, EOFError) as exc:
+    except Exception as exc:  # noqa: BLE001 - numpy raises many kinds for a damaged zip
         raise ArtifactError(f"model {version}: cannot read weights.npz ({exc})") from None
     rows = len(record.labels) + len(record.group_ids)
+    check_weights(version, {"coef": coef, "intercept": intercept, "prototypes": prototypes},
+                  rows, record.dim)
     if coef.ndim != 2 or coef.shape[0] != rows or intercept.shape != (rows,):
         raise ArtifactError(f"model {version}: weights have shape {coef.shape} / "
                             f"{intercept.shape} but model.json lists {rows} label and group rows")

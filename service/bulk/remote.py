@@ -33,7 +33,9 @@ class RemoteTagger:
             response.raise_for_status()
         except httpx.HTTPError as exc:
             raise RemoteError(f"cannot read {self.url}/labels: {exc}") from None
-        return [label["id"] for label in response.json()["labels"]]
+        body = response.json()
+        self.version = body.get("model")
+        return [label["id"] for label in body["labels"]]
 
     def _post(self, texts: list[str]) -> list[TagResult]:
         import httpx
@@ -55,7 +57,10 @@ class RemoteTagger:
                                   f"{response.text[:300]}")
             body = response.json()
             self.version = body.get("model")
-            return [TagResult.from_dict(item) for item in body["items"]]
+            results = [TagResult.from_dict(item) for item in body["items"]]
+            for result in results:  # the model that answered (a service may switch mid-run)
+                result.extra["model"] = self.version
+            return results
         raise RemoteError(f"{self.url} stayed overloaded after {self.retries} retries")
 
     def __call__(self, texts: list[str]) -> list[TagResult]:

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..text_checks import unencodable_at
 from ..training.errors import TropesError
 
 JSONL_SUFFIXES = (".jsonl", ".json", ".ndjson")
@@ -60,6 +61,9 @@ def check_record(record, text_field: str) -> str | None:
         return f"field '{text_field}' must be a string, got {type(text).__name__}"
     if not text.strip():
         return f"field '{text_field}' is empty"
+    if (bad := unencodable_at(text)) is not None:
+        return (f"field '{text_field}' is not valid Unicode (a lone surrogate "
+                f"U+{ord(text[bad]):04X} at character {bad}); the encoder cannot read it")
     return None
 
 

@@ -13,11 +13,25 @@ from ..result import TagResult, arrow_type
 from .rows import Row, ScoreError
 
 
+def write_failed(target, exc: OSError) -> ScoreError:
+    """An operating-system write failure (full disk, read-only mount, file too large) as
+    the clear error the CLI prints."""
+    return ScoreError(f"cannot write {target}: {exc.strerror or exc}")
+
+
+def _reserialised(record: dict) -> bytes:
+    text = json.dumps(record, ensure_ascii=False)
+    try:
+        return text.encode()
+    except UnicodeEncodeError:  # a lone surrogate in a passed-through field: keep it escaped
+        return json.dumps(record).encode()
+
+
 def splice_tropes(row: Row, result: TagResult) -> bytes:
     """Append the tropes object to the raw line so every other field stays byte-identical."""
     tropes = result.to_dict()
     if row.raw is None or "tropes" in row.record or not row.raw.rstrip().endswith(b"}"):
-        return json.dumps({**row.record, "tropes": tropes}, ensure_ascii=False).encode()
+        return _reserialised({**row.record, "tropes": tropes})
     payload = json.dumps(tropes, ensure_ascii=False, separators=(", ", ": ")).encode()
     body = row.raw.rstrip()[:-1].rstrip()
     sep = b", " if not body.endswith(b"{") else b""
@@ -38,10 +52,17 @@ class JsonlSink:
         self.handle.seek(offset)
 
     def write(self, rows: list[Row], results: list[TagResult]) -> None:
-        self.handle.write(b"".join(splice_tropes(r, t) + b"\n" for r, t in zip(rows, results)))
-        self.handle.flush()
-        if self.owned:
-            os.fsync(self.handle.fileno())
+        data = b"".join(splice_tropes(r, t) + b"\n" for r, t in zip(rows, results))
+        try:
+            self.handle.write(data)
+            self.handle.flush()
+            if self.owned:
+                os.fsync(self.handle.fileno())
+        except OSError as exc:
+            if not self.owned:
+                silence_stdout()
+                raise write_failed("standard output", exc) from None
+            raise write_failed(self.handle.name, exc) from None
 
     def state(self) -> dict:
         return {"bytes": self.handle.tell()} if self.owned else {}
@@ -53,7 +74,20 @@ class JsonlSink:
 
     def close(self) -> None:
         if self.owned and not self.handle.closed:
-            self.handle.close()
+            try:
+                self.handle.close()
+            except OSError:
+                pass  # the write that failed has been reported already
+
+
+def silence_stdout() -> None:
+    """After stdout failed (a full disk, a closed pipe), point it at /dev/null so the data
+    still buffered does not fail again, with a traceback, when the interpreter exits."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, sys.stdout.fileno())
+    finally:
+        os.close(devnull)
 
 
 class ParquetSink:
@@ -61,9 +95,14 @@ class ParquetSink:
     OUT, so memory stays flat and a killed run keeps every completed part."""
 
     def __init__(self, partial: Path, resume_state: dict | None, labels: list[str],
-                 documents: bool, input_schema=None, groups: bool = False):
+                 documents: bool, input_schema=None, groups: bool = False,
+                 model_version: str | None = None):
         self.dir = partial
-        self.dir.mkdir(parents=True, exist_ok=True)
+        self.model_version = model_version  # in the file's metadata: tropes.model
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise write_failed(self.dir, exc) from None
         self.parts = resume_state["parts"] if resume_state else 0
         for stale in self.dir.glob("part-*.parquet"):  # parts past the checkpoint are torn
             if int(stale.stem.split("-")[1]) >= self.parts:
@@ -87,22 +126,53 @@ class ParquetSink:
         records = [{**r.record, "tropes": t.to_arrow(self.documents)}
                    for r, t in zip(rows, results)]
         if self.schema is None:
-            plain = pa.Table.from_pylist([{k: v for k, v in rec.items() if k != "tropes"}
-                                          for rec in records])
-            self.schema = self._with_tropes(plain.schema)
+            plain = [{k: v for k, v in rec.items() if k != "tropes"} for rec in records]
+            try:
+                inferred = pa.Table.from_pylist(plain).schema
+            except (pa.ArrowException, TypeError, ValueError, OverflowError):
+                inferred = pa.Table.from_pylist(plain[:1]).schema  # _table names the misfit
+            self.schema = self._with_tropes(inferred)
         extra = {k for rec in records for k in rec} - set(self.schema.names)
         if extra:
             raise ScoreError(f"{rows[0].where}: field(s) {sorted(extra)} are not in the first "
                              "rows' schema; Parquet needs one schema (use JSONL output)")
-        table = pa.Table.from_pylist(records, schema=self.schema)
+        table = self._table(rows, records)
         path = self.dir / f"part-{self.parts:06d}.parquet"
         tmp = path.with_suffix(".tmp")
-        pq.write_table(table, tmp)
-        os.replace(tmp, path)
+        try:
+            pq.write_table(table, tmp)
+            os.replace(tmp, path)
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            raise write_failed(path, exc) from None
         self.parts += 1
+
+    def _table(self, rows: list[Row], records: list[dict]):
+        """The chunk as one table of the run's schema, or a ScoreError naming the first row
+        whose values do not fit it (an id that is a number in one row, a string in the next)."""
+        import pyarrow as pa
+
+        try:
+            return pa.Table.from_pylist(records, schema=self.schema)
+        except (pa.ArrowException, TypeError, ValueError, OverflowError) as whole:
+            for row, record in zip(rows, records):
+                try:
+                    pa.Table.from_pylist([record], schema=self.schema)
+                except (pa.ArrowException, TypeError, ValueError, OverflowError) as exc:
+                    raise ScoreError(f"{row.where}: this row does not fit the Parquet schema "
+                                     f"of the rows before it ({exc}); give every row's fields "
+                                     "one type, or write JSONL") from None
+            raise ScoreError(f"{rows[0].where}: rows cannot be written to Parquet ({whole})"
+                             ) from None
 
     def state(self) -> dict:
         return {"parts": self.parts}
+
+    def _named(self, schema):
+        if not self.model_version:
+            return schema
+        return schema.with_metadata({**(schema.metadata or {}),
+                                     b"tropes.model": self.model_version.encode()})
 
     def finish(self, partial: Path, final: Path) -> None:
         import pyarrow.parquet as pq
@@ -114,17 +184,22 @@ class ParquetSink:
             for part in parts:
                 table = pq.read_table(part)
                 if writer is None:
-                    writer = pq.ParquetWriter(tmp, table.schema)
-                writer.write_table(table)
+                    writer = pq.ParquetWriter(tmp, self._named(table.schema))
+                writer.write_table(table.replace_schema_metadata(writer.schema.metadata))
             if writer is None:  # no rows at all: an empty file with the tropes column
                 import pyarrow as pa
 
                 schema = self.schema or pa.schema([pa.field("tropes", self.tropes_type)])
-                writer = pq.ParquetWriter(tmp, schema)
+                writer = pq.ParquetWriter(tmp, self._named(schema))
+            done, writer = writer, None
+            done.close()
+            os.replace(tmp, final)
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            raise write_failed(final, exc) from None
         finally:
             if writer is not None:
                 writer.close()
-        os.replace(tmp, final)
         shutil.rmtree(self.dir)
 
     def close(self) -> None:

@@ -1,0 +1,112 @@
+"""Every check a model version must pass before it may serve: model.json's fields have the
+types the runtime uses, and the weights are finite real arrays of shapes that fit together.
+A failure is an ArtifactError naming the version and the field, never another exception."""
+
+from __future__ import annotations
+
+import math
+from numbers import Real
+
+import numpy as np
+
+from .artifact import ArtifactError
+
+# trained weights are within +-100; past this float32 sums can reach inf - inf = NaN
+MAX_WEIGHT = 1e6
+
+
+def _number(value) -> bool:
+    return isinstance(value, Real) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _count(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+def check_meta(meta: dict, version: str) -> None:
+    """model.json's fields that loading, serving and `tropes models` read."""
+
+    def bad(where: str, why: str):
+        return ArtifactError(f"model {version}: model.json {where} {why}")
+
+    files = meta.get("files")
+    if not isinstance(files, dict) or not isinstance(files.get("weights.npz"), str):
+        raise bad("'files'", "must be an object giving the sha256 of weights.npz")
+    check_labels(meta.get("labels"), bad)
+    encoder = meta.get("encoder")
+    if not isinstance(encoder, dict):
+        raise bad("'encoder'", "must be an object naming the encoder and its dim")
+    if not _count(encoder.get("dim")):
+        raise bad("'encoder.dim'", f"must be a positive integer, not {encoder.get('dim')!r}")
+    if "max_tokens" in encoder and not _count(encoder["max_tokens"]):
+        raise bad("'encoder.max_tokens'", "must be a positive integer")
+    for key in ("package", "package_version", "weights_sha256", "precision", "model"):
+        if key in encoder and not isinstance(encoder[key], str):
+            raise bad(f"'encoder.{key}'", "must be a string")
+    metrics = meta.get("metrics", {})
+    if not isinstance(metrics, dict):
+        raise bad("'metrics'", "must be an object")
+    for split in ("test", "cv"):  # `tropes models` prints these
+        values = metrics.get(split, {})
+        if not isinstance(values, dict):
+            raise bad(f"'metrics.{split}'", "must be an object")
+        for key in ("macro_f1", "micro_f1"):
+            if key in values and not _number(values[key]):
+                raise bad(f"'metrics.{split}.{key}'", "must be a finite number")
+    if "created" in meta and not isinstance(meta["created"], str):
+        raise bad("'created'", "must be a string")
+
+
+def check_labels(entries, bad) -> None:
+    if not isinstance(entries, list) or not entries:
+        raise bad("'labels'", "must be a non-empty list")
+    profiles = None
+    for i, entry in enumerate(entries):
+        where = f"'labels[{i}]'"
+        if not isinstance(entry, dict):
+            raise bad(where, "must be an object")
+        for key in ("id", "group"):
+            if not isinstance(entry.get(key), str) or not entry[key]:
+                raise bad(f"{where}.{key}", "must be a non-empty string")
+        thresholds = entry.get("thresholds")
+        if not isinstance(thresholds, dict) or not thresholds:
+            raise bad(f"{where}.thresholds", "must be an object of profile: threshold")
+        for name, value in thresholds.items():
+            if not _number(value) or not 0.0 <= value <= 1.0:
+                raise bad(f"{where}.thresholds.{name}", f"must be a number in [0, 1], "
+                          f"not {value!r}")
+        if profiles is not None and set(thresholds) != profiles:
+            raise bad(f"{where}.thresholds", f"has profiles {sorted(thresholds)}, the first "
+                      f"label {sorted(profiles)}")
+        profiles = set(thresholds)
+    ids = [e["id"] for e in entries]
+    if len(set(ids)) != len(ids):
+        raise bad("'labels'", "repeats a label id")
+
+
+def check_weights(version: str, arrays: dict, labels: int, dim: int) -> None:
+    """coef (labels x features), intercept (labels), prototypes (n x dim), where
+    features = dim + n: finite real numbers throughout."""
+    for name in ("coef", "intercept", "prototypes"):
+        array = arrays[name]
+        if array.dtype.kind not in "fiu":
+            raise ArtifactError(f"model {version}: weights.npz {name} holds {array.dtype}, "
+                                "not real numbers")
+        if not np.isfinite(array).all():
+            raise ArtifactError(f"model {version}: weights.npz {name} holds NaN or infinite "
+                                "values")
+        if array.size and np.abs(array).max() > MAX_WEIGHT:
+            raise ArtifactError(f"model {version}: weights.npz {name} holds values beyond "
+                                f"+-{MAX_WEIGHT:g}; scores would overflow to NaN")
+    coef, intercept, prototypes = arrays["coef"], arrays["intercept"], arrays["prototypes"]
+    if prototypes.ndim != 2 or prototypes.shape[1] != dim:
+        raise ArtifactError(f"model {version}: weights.npz prototypes have shape "
+                            f"{prototypes.shape}; expected (n, {dim}) for the encoder's dim")
+    features = dim + prototypes.shape[0]
+    if coef.shape != (labels, features):
+        raise ArtifactError(f"model {version}: weights.npz coef has shape {coef.shape}; "
+                            f"expected ({labels}, {features}) for {labels} labels and {dim} + "
+                            f"{prototypes.shape[0]} features")
+    if intercept.shape != (labels,):
+        raise ArtifactError(f"model {version}: weights.npz intercept has shape "
+                            f"{intercept.shape}; expected ({labels},)")
