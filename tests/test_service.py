@@ -126,6 +126,83 @@ def test_info_endpoints(client):
     assert client.get("/readyz").status_code == 200
 
 
+def test_lone_surrogate_is_422_naming_the_field(client):
+    for path, body, field in [
+        ("/tag", b'{"text": "half an emoji \\ud83d here"}', "text"),
+        ("/tag_batch", b'{"items": [{"text": "fine"}, {"text": "bad \\udc00"}]}',
+         "items[1].text"),
+        ("/tag_document", b'{"text": "a document \\ud83d"}', "text"),
+    ]:
+        r = client.post(path, content=body, headers={"content-type": "application/json"})
+        assert r.status_code in (400, 422), (path, r.text)
+        assert r.json()["field"] == field, r.text
+        if r.status_code == 422:
+            assert "not valid Unicode" in r.json()["error"]
+
+
+def test_deeply_nested_json_is_400(client):
+    for depth in (40, 2000, 100_000):
+        body = b"[" * depth + b"]" * depth
+        r = client.post("/tag", content=body, headers={"content-type": "application/json"})
+        assert r.status_code == 400, r.text
+        assert r.json()["field"] == "body" and "deeper than" in r.json()["error"]
+
+
+@pytest.mark.parametrize("bad_id", [True, False, 2.0, [1], {"a": 1}])
+def test_ids_are_never_coerced(client, bad_id):
+    r = client.post("/tag_batch", json={"items": [{"id": bad_id, "text": TEXT}]})
+    assert r.status_code == 400, r.text
+    assert r.json()["field"] == "items[0].id"
+    r = client.post("/tag_document", json={"id": bad_id, "text": TEXT})
+    assert r.status_code == 400 and r.json()["field"] == "id"
+    ok = client.post("/tag_batch", json={"items": [{"id": 7, "text": TEXT},
+                                                   {"id": "7", "text": TEXT}]})
+    assert [x["id"] for x in ok.json()["items"]] == [7, "7"]
+
+
+def test_client_errors_log_one_line_without_traceback(client, caplog):
+    import logging
+
+    with caplog.at_level(logging.INFO):
+        r = client.post("/tag", json={"text": 5})
+    assert r.status_code == 400
+    records = [x for x in caplog.records if x.name.startswith("bentoml")
+               and "client error" in x.getMessage()]
+    assert records, [x.getMessage() for x in caplog.records]
+    for record in records:
+        assert record.levelno == logging.WARNING and record.exc_info is None
+        assert "\n" not in record.getMessage() and len(record.getMessage()) < 600
+
+
+def test_model_view_reports_the_watcher_state(client):
+    state = client.get("/model").json()["state"]
+    assert state["serving"] == state["wanted"] == "v1" and state["up_to_date"] is True
+
+
+@pytest.mark.parametrize("headers, status", [
+    ({}, 200),
+    ({"host": "evil.example:3000"}, 403),  # DNS rebinding
+    ({"origin": "https://evil.example"}, 403),  # a cross-site form POST
+    ({"origin": "http://127.0.0.1:3000"}, 200),
+    ({"x-forwarded-for": "127.0.0.1"}, 403),
+])
+def test_reload_checks_host_origin_and_proxies(client, headers, status):
+    r = client.post("/admin/reload", headers=headers)
+    assert r.status_code == status, r.text
+
+
+def test_reload_with_a_token(client, monkeypatch):
+    import bentoml
+
+    monkeypatch.setattr(bentoml.get_current_service(), "admin_token", "s3cret")
+    assert client.post("/admin/reload").status_code == 401
+    assert client.post("/admin/reload",
+                       headers={"authorization": "Bearer wrong"}).status_code == 401
+    r = client.post("/admin/reload", headers={"authorization": "Bearer s3cret",
+                                              "host": "tropes.internal"})
+    assert r.status_code == 200, r.text
+
+
 def test_hot_reload_and_refusal(client, service_workspace):  # keep last: switches the model
     models = service_workspace.models_dir
     shutil.copytree(models / "v1", models / "v2")
@@ -163,11 +240,15 @@ def test_full_queue_answers_503_with_retry_after(client, monkeypatch):
         assert "retry" in r.json()["error"]
 
 
-def test_reload_is_refused_from_another_host(service_workspace):
-    from starlette.testclient import TestClient
+def test_reload_is_refused_from_another_host():
+    from starlette.requests import Request
 
-    from tropes.http.service import extras
+    from tropes.http.admin import check_admin
+    from tropes.http.errors import ApiError
 
-    with TestClient(extras, client=("10.1.2.3", 5555)) as other:
-        r = other.post("/admin/reload")
-    assert r.status_code == 403
+    scope = {"type": "http", "method": "POST", "path": "/admin/reload",
+             "client": ("10.1.2.3", 5555),
+             "headers": [(b"host", b"127.0.0.1:3000")]}
+    with pytest.raises(ApiError) as refused:
+        check_admin(Request(scope), None)
+    assert refused.value.status == 403

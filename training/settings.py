@@ -59,6 +59,9 @@ class Settings:
     watch_interval_s: float = 1.0
     chunk_rows: int = 256
     limits: Limits = field(default_factory=Limits)
+    # POST /admin/reload needs "Authorization: Bearer <token>" when set; unset, only a
+    # loopback client naming a loopback Host with no foreign Origin may reload
+    admin_token: str | None = field(default=None, repr=False)
 
     def as_env(self) -> dict[str, str]:
         """The settings as TROPES_* variables, to hand to a child process (tropes serve)."""
@@ -102,6 +105,7 @@ def load_settings(env: dict | None = None, **overrides) -> Settings:
         watch_interval_s=_number(env, "TROPES_WATCH_INTERVAL_S", 1.0, float),
         chunk_rows=_number(env, "TROPES_CHUNK_ROWS", 256),
         limits=limits,
+        admin_token=env.get("TROPES_ADMIN_TOKEN") or None,
     )
     values.update({k: v for k, v in overrides.items() if v is not None})
     for key in ("labels_dir", "models_dir", "cache_dir"):

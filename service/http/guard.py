@@ -14,6 +14,22 @@ from .errors import ApiError
 
 API_PATHS = {"/tag", "/tag_batch", "/tag_document"}
 READ_AS_JSON = {"", "application/json", "application/x-www-form-urlencoded"}
+# our bodies nest 3 deep ({"items": [{"text": ...}]}); deeper is an attack or a mistake,
+# and past ~1,000 levels the parsers recurse out of stack
+MAX_JSON_DEPTH = 32
+
+
+def json_depth(value) -> int:
+    """Nesting depth of parsed JSON, without recursion."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict | list):
+            deepest = max(deepest, depth)
+            children = item.values() if isinstance(item, dict) else item
+            stack.extend((child, depth + 1) for child in children
+                         if isinstance(child, dict | list))
+    return deepest
 
 
 def error(status: int, message: str, field: str | None = None) -> JSONResponse:
@@ -45,14 +61,8 @@ class RequestGuard:
         body = await self._read_body(receive)
         if body is None:
             return await self._too_large(scope, receive, send)
-        try:
-            json.loads(body)
-        except UnicodeDecodeError:
-            return await error(400, "request body is not valid UTF-8", "body")(
-                scope, receive, send)
-        except json.JSONDecodeError as exc:
-            return await error(400, f"request body is not valid JSON: {exc.msg} at line "
-                               f"{exc.lineno} column {exc.colno}", "body")(scope, receive, send)
+        if (problem := body_problem(body)) is not None:
+            return await error(400, problem, "body")(scope, receive, send)
         scope = dict(scope)
         scope["headers"] = [(k, v) for k, v in scope["headers"]
                             if k not in (b"content-type", b"content-length")]
@@ -88,6 +98,22 @@ class RequestGuard:
         response = error(413, f"request body is over the {self.max_body_bytes:,}-byte limit",
                          "body")
         return await response(scope, receive, send)
+
+
+def body_problem(body: bytes) -> str | None:
+    """Why the body cannot be parsed as our JSON, or None."""
+    try:
+        depth = json_depth(json.loads(body))
+    except UnicodeDecodeError:
+        return "request body is not valid UTF-8"
+    except json.JSONDecodeError as exc:
+        return (f"request body is not valid JSON: {exc.msg} at line {exc.lineno} column "
+                f"{exc.colno}")
+    except RecursionError:
+        depth = MAX_JSON_DEPTH + 1
+    if depth > MAX_JSON_DEPTH:
+        return f"request body nests JSON deeper than {MAX_JSON_DEPTH} levels"
+    return None
 
 
 def field_path(loc) -> str:

@@ -6,30 +6,51 @@ from __future__ import annotations
 import asyncio
 
 import bentoml
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, StrictInt, StrictStr
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse
 from starlette.routing import Route
 
+from ..text_checks import unencodable_at
 from ..training.settings import load_settings
 from ..training.taxonomy import TaxonomyError, load_taxonomy
+from .admin import check_admin
 from .batching import MicroBatcher, Overloaded
 from .errors import ApiError, answers_errors
 from .guard import RequestGuard
 from .holder import ModelHolder
+from .logs import quiet_client_errors
 
-LOCAL_HOSTS = {"127.0.0.1", "::1", "localhost"}
+_GAUGES: dict = {}
+
+
+def report_model_state(state: dict) -> None:
+    """tropes_model_stale on /metrics: 1 while the version LATEST names cannot be served."""
+    if "stale" not in _GAUGES:  # created in the worker, once: prometheus refuses duplicates
+        import prometheus_client
+
+        _GAUGES["stale"] = prometheus_client.Gauge(
+            "tropes_model_stale", "1 while models/LATEST names a version that failed to load "
+            "(the previous one keeps serving)", multiprocess_mode="max")
+    _GAUGES["stale"].set(0 if state["up_to_date"] else 1)
+
+
+# strict: true, false and 2.0 are refused (400 naming the field), never coerced to 1, 0, 2
+ItemId = StrictStr | StrictInt | None
 
 
 class BatchItem(BaseModel):
-    id: str | int | None = Field(default=None, description="echoed back in the answer")
+    id: ItemId = Field(default=None, description="echoed back in the answer")
     text: str
 
 
 def check_text(text: str, field: str, limit: int) -> None:
     if not text.strip():
         raise ApiError(422, f"'{field}' is empty", field)
+    if (bad := unencodable_at(text)) is not None:
+        raise ApiError(422, f"'{field}' is not valid Unicode: a lone surrogate "
+                       f"U+{ord(text[bad]):04X} at character {bad}", field)
     if len(text) > limit:
         raise ApiError(413, f"'{field}' has {len(text):,} characters; the limit is {limit:,}",
                        field)
@@ -66,14 +87,14 @@ async def labels_view(_: Request) -> JSONResponse:
 async def model_view(_: Request) -> JSONResponse:
     holder = bentoml.get_current_service().holder
     return JSONResponse({**holder.classifier.model.summary(), "reload_error": holder.last_error,
-                         "pinned": holder.pinned is not None})
+                         "pinned": holder.pinned is not None, "state": holder.state()})
 
 
 @answers_errors
 async def reload_view(request: Request) -> JSONResponse:
-    if request.client is None or request.client.host not in LOCAL_HOSTS:
-        raise ApiError(403, "reload is only allowed from the service's own host")
-    result = await asyncio.to_thread(bentoml.get_current_service().holder.reload)
+    svc = bentoml.get_current_service()
+    check_admin(request, svc.admin_token)
+    result = await asyncio.to_thread(svc.holder.reload)
     return JSONResponse(result, status_code=200 if result["error"] is None else 409)
 
 
@@ -91,8 +112,12 @@ extras = Starlette(routes=[
 class Tropes:
     def __init__(self) -> None:
         settings = load_settings()
+        quiet_client_errors()
         self.limits = settings.limits
+        self.admin_token = settings.admin_token
         self.holder = ModelHolder(settings, pinned=settings.model_version)
+        self.holder.listener = report_model_state
+        report_model_state(self.holder.state())
         self.batcher = MicroBatcher(self.holder, max_queue=settings.limits.max_queue_passages)
         try:
             self.taxonomy = load_taxonomy(settings.labels_dir / "taxonomy.yaml").to_json()
@@ -131,7 +156,7 @@ class Tropes:
 
     @bentoml.api(route="/tag_document")
     @answers_errors
-    async def tag_document(self, text: str, id: str | int | None = None) -> dict:
+    async def tag_document(self, text: str, id: ItemId = None) -> dict:
         """Tag a long document: split into passages, max over passages, evidence spans."""
         check_text(text, "text", self.limits.max_document_chars)
         spans = await asyncio.to_thread(self.holder.classifier.split, text)
