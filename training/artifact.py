@@ -317,8 +317,8 @@ def list_versions(models_dir: Path) -> list[dict]:
     rows = []
     for folder in sorted(p for p in models_dir.iterdir() if p.is_dir()) if models_dir.is_dir() \
             else []:
-        if folder.name.startswith(".") or folder.name == "encoders":
-            continue  # unfinished writes; encoder versions are not model versions
+        if folder.name.startswith(".") or folder.name in ("encoders", LATEST):
+            continue  # unfinished writes; encoder versions; a LATEST that is (wrongly) a folder
         row = {"version": folder.name, "latest": folder.name == current}
         try:
             model = load_model(models_dir, folder.name)

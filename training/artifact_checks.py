@@ -27,42 +27,42 @@ def check_meta(meta: dict, version: str) -> None:
     """model.json's fields that loading, serving and `tropes models` read."""
 
     def bad(where: str, why: str):
-        return ArtifactError(f"model {version}: model.json {where} {why}")
+        return ArtifactError(f"model {version}: model.json '{where}' {why}")
 
     files = meta.get("files")
     if not isinstance(files, dict) or not isinstance(files.get("weights.npz"), str):
-        raise bad("'files'", "must be an object giving the sha256 of weights.npz")
+        raise bad("files", "must be an object giving the sha256 of weights.npz")
     check_labels(meta.get("labels"), bad)
     encoder = meta.get("encoder")
     if not isinstance(encoder, dict):
-        raise bad("'encoder'", "must be an object naming the encoder and its dim")
+        raise bad("encoder", "must be an object naming the encoder and its dim")
     if not _count(encoder.get("dim")):
-        raise bad("'encoder.dim'", f"must be a positive integer, not {encoder.get('dim')!r}")
+        raise bad("encoder.dim", f"must be a positive integer, not {encoder.get('dim')!r}")
     if "max_tokens" in encoder and not _count(encoder["max_tokens"]):
-        raise bad("'encoder.max_tokens'", "must be a positive integer")
+        raise bad("encoder.max_tokens", "must be a positive integer")
     for key in ("package", "package_version", "weights_sha256", "precision", "model"):
         if key in encoder and not isinstance(encoder[key], str):
-            raise bad(f"'encoder.{key}'", "must be a string")
+            raise bad(f"encoder.{key}", "must be a string")
     metrics = meta.get("metrics", {})
     if not isinstance(metrics, dict):
-        raise bad("'metrics'", "must be an object")
+        raise bad("metrics", "must be an object")
     for split in ("test", "cv"):  # `tropes models` prints these
         values = metrics.get(split, {})
         if not isinstance(values, dict):
-            raise bad(f"'metrics.{split}'", "must be an object")
+            raise bad(f"metrics.{split}", "must be an object")
         for key in ("macro_f1", "micro_f1"):
             if key in values and not _number(values[key]):
-                raise bad(f"'metrics.{split}.{key}'", "must be a finite number")
+                raise bad(f"metrics.{split}.{key}", "must be a finite number")
     if "created" in meta and not isinstance(meta["created"], str):
-        raise bad("'created'", "must be a string")
+        raise bad("created", "must be a string")
 
 
 def check_labels(entries, bad) -> None:
     if not isinstance(entries, list) or not entries:
-        raise bad("'labels'", "must be a non-empty list")
+        raise bad("labels", "must be a non-empty list")
     profiles = None
     for i, entry in enumerate(entries):
-        where = f"'labels[{i}]'"
+        where = f"labels[{i}]"
         if not isinstance(entry, dict):
             raise bad(where, "must be an object")
         for key in ("id", "group"):
@@ -81,7 +81,7 @@ def check_labels(entries, bad) -> None:
         profiles = set(thresholds)
     ids = [e["id"] for e in entries]
     if len(set(ids)) != len(ids):
-        raise bad("'labels'", "repeats a label id")
+        raise bad("labels", "repeats a label id")
 
 
 def check_weights(version: str, arrays: dict, labels: int, dim: int) -> None:

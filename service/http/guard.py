@@ -9,6 +9,7 @@ import json
 
 from starlette.responses import JSONResponse
 
+from ..text_checks import unencodable_at
 from ..training.settings import load_settings
 from .errors import ApiError
 
@@ -19,17 +20,27 @@ READ_AS_JSON = {"", "application/json", "application/x-www-form-urlencoded"}
 MAX_JSON_DEPTH = 32
 
 
-def json_depth(value) -> int:
-    """Nesting depth of parsed JSON, without recursion."""
-    deepest, stack = 0, [(value, 1)]
+def scan_json(value) -> tuple[int, str | None]:
+    """(nesting depth, path of the first string UTF-8 cannot encode or None), without
+    recursion: a lone surrogate ("\\ud83d", valid JSON) would fail the tokenizer later."""
+    deepest, bad, stack = 0, None, [(value, 1, "")]
     while stack:
-        item, depth = stack.pop()
-        if isinstance(item, dict | list):
-            deepest = max(deepest, depth)
-            children = item.values() if isinstance(item, dict) else item
-            stack.extend((child, depth + 1) for child in children
-                         if isinstance(child, dict | list))
-    return deepest
+        item, depth, path = stack.pop()
+        if isinstance(item, str):
+            if bad is None and unencodable_at(item) is not None:
+                bad = path or "body"
+            continue
+        if not isinstance(item, dict | list):
+            continue
+        deepest = max(deepest, depth)
+        pairs = item.items() if isinstance(item, dict) else enumerate(item)
+        for key, child in reversed(list(pairs)):
+            if isinstance(key, str) and bad is None and unencodable_at(key) is not None:
+                bad = path or "body"
+            where = f"{path}[{key}]" if isinstance(key, int) else \
+                (f"{path}.{key}" if path else key)
+            stack.append((child, depth + 1, where))
+    return deepest, bad
 
 
 def error(status: int, message: str, field: str | None = None) -> JSONResponse:
@@ -62,7 +73,7 @@ class RequestGuard:
         if body is None:
             return await self._too_large(scope, receive, send)
         if (problem := body_problem(body)) is not None:
-            return await error(400, problem, "body")(scope, receive, send)
+            return await error(*problem)(scope, receive, send)
         scope = dict(scope)
         scope["headers"] = [(k, v) for k, v in scope["headers"]
                             if k not in (b"content-type", b"content-length")]
@@ -100,19 +111,22 @@ class RequestGuard:
         return await response(scope, receive, send)
 
 
-def body_problem(body: bytes) -> str | None:
-    """Why the body cannot be parsed as our JSON, or None."""
+def body_problem(body: bytes) -> tuple[int, str, str] | None:
+    """(status, message, field) when the body cannot be our JSON, or None."""
     try:
-        depth = json_depth(json.loads(body))
+        depth, unencodable = scan_json(json.loads(body))
     except UnicodeDecodeError:
-        return "request body is not valid UTF-8"
+        return 400, "request body is not valid UTF-8", "body"
     except json.JSONDecodeError as exc:
-        return (f"request body is not valid JSON: {exc.msg} at line {exc.lineno} column "
-                f"{exc.colno}")
+        return (400, f"request body is not valid JSON: {exc.msg} at line {exc.lineno} column "
+                f"{exc.colno}", "body")
     except RecursionError:
-        depth = MAX_JSON_DEPTH + 1
+        depth, unencodable = MAX_JSON_DEPTH + 1, None
     if depth > MAX_JSON_DEPTH:
-        return f"request body nests JSON deeper than {MAX_JSON_DEPTH} levels"
+        return 400, f"request body nests JSON deeper than {MAX_JSON_DEPTH} levels", "body"
+    if unencodable is not None:
+        return (422, f"'{unencodable}' is not valid Unicode (a lone surrogate); send UTF-8 "
+                "text", unencodable)
     return None
 
 

@@ -4,9 +4,11 @@ the micro-batcher). Routes raise ApiError; `answers_errors` converts it."""
 from __future__ import annotations
 
 import asyncio
+import json
+from typing import Annotated
 
 import bentoml
-from pydantic import BaseModel, Field, StrictInt, StrictStr
+from pydantic import BaseModel, Field, PlainValidator, WithJsonSchema
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse
@@ -36,8 +38,18 @@ def report_model_state(state: dict) -> None:
     _GAUGES["stale"].set(0 if state["up_to_date"] else 1)
 
 
-# strict: true, false and 2.0 are refused (400 naming the field), never coerced to 1, 0, 2
-ItemId = StrictStr | StrictInt | None
+def strict_id(value):
+    """Ids are echoed unchanged, so only strings and integers are ids: pydantic's lax mode
+    would turn true, false and 2.0 into 1, 0 and 2."""
+    if value is None or isinstance(value, str) or (isinstance(value, int)
+                                                   and not isinstance(value, bool)):
+        return value
+    raise ValueError(f"an id must be a string or an integer, not {json.dumps(value)[:40]}")
+
+
+ItemId = Annotated[str | int | None, PlainValidator(strict_id),
+                   WithJsonSchema({"anyOf": [{"type": "string"}, {"type": "integer"},
+                                             {"type": "null"}]})]
 
 
 class BatchItem(BaseModel):
