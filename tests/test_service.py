@@ -213,6 +213,18 @@ def test_reload_with_a_token(client, monkeypatch):
     assert r.status_code == 200, r.text
 
 
+def test_document_of_too_many_passages_is_413_before_splitting(client, monkeypatch):
+    import bentoml
+
+    svc = bentoml.get_current_service()
+    calls = []
+    monkeypatch.setattr(svc.holder.classifier, "split", lambda text: calls.append(1) or [])
+    r = client.post("/tag_document", json={"text": "It ran. " * 110_000})  # 880,000 chars
+    assert r.status_code == 413, r.text
+    assert r.json()["field"] == "text" and "passages" in r.json()["error"]
+    assert calls == []  # refused before the splitter ran
+
+
 def test_hot_reload_and_refusal(client, service_workspace):  # keep last: switches the model
     models = service_workspace.models_dir
     shutil.copytree(models / "v1", models / "v2")

@@ -43,6 +43,9 @@ class Limits:
     max_batch_items: int = 1_000
     max_body_bytes: int = 2_000_000
     max_queue_passages: int = 20_000
+    # 240-token passages: 500 is ~120,000 tokens, a long novel chapter; past it a document
+    # would hold the encoder (and the splitter) for many seconds
+    max_document_passages: int = 500
 
 
 @dataclass(frozen=True)

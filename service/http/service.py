@@ -14,6 +14,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse
 from starlette.routing import Route
 
+from ..splitter import approx_tokens
 from ..text_checks import unencodable_at
 from ..training.settings import load_settings
 from ..training.taxonomy import TaxonomyError, load_taxonomy
@@ -171,7 +172,14 @@ class Tropes:
     async def tag_document(self, text: str, id: ItemId = None) -> dict:
         """Tag a long document: split into passages, max over passages, evidence spans."""
         check_text(text, "text", self.limits.max_document_chars)
+        cap = self.limits.max_document_passages
+        if (least := approx_tokens(text) // self.holder.classifier.window) > cap:
+            raise ApiError(413, f"'text' needs about {least:,} passages or more; the limit is "
+                           f"{cap:,}: send it in parts", "text")
         spans = await asyncio.to_thread(self.holder.classifier.split, text)
+        if len(spans) > cap:
+            raise ApiError(413, f"'text' splits into {len(spans):,} passages; the limit is "
+                           f"{cap:,}: send it in parts", "text")
         classifier, probs = await submit(self.batcher, [text[s.start:s.end] for s in spans])
         return {"id": id, **classifier.document_result(spans, probs).to_dict(),
                 "model": classifier.version}
