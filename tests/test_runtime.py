@@ -83,3 +83,93 @@ def test_encoder_failure_reaches_every_waiting_caller():
 
     results = asyncio.run(main())
     assert all(isinstance(r, RuntimeError) for r in results)
+
+
+def test_a_small_request_is_not_held_behind_a_big_batch():
+    holder = Holder()
+    batcher = MicroBatcher(holder, max_batch=64, max_queue=10_000)
+    done_order = []
+
+    async def timed(name, texts):
+        result = await batcher.submit(texts)
+        done_order.append(name)
+        return result
+
+    async def main():
+        first = asyncio.create_task(timed("first", ["a 0"]))
+        await asyncio.sleep(0.05)  # the encoder is busy with the first request
+        big = asyncio.create_task(timed("big", [f"b {i}" for i in range(300)]))
+        await asyncio.sleep(0.01)
+        small = asyncio.create_task(timed("small", ["s 7"]))
+        await asyncio.sleep(0.01)
+        holder.classifier.gate.set()
+        return await first, await big, await small
+
+    _, (_, big_probs), (_, small_probs) = asyncio.run(main())
+    assert done_order == ["first", "small", "big"]
+    assert big_probs[:, 0].tolist() == list(range(300))  # pieces reassembled in order
+    assert small_probs[:, 0].tolist() == [7]
+    assert max(holder.classifier.calls) <= 64 and sum(holder.classifier.calls) == 302
+
+
+def test_a_split_request_is_answered_by_one_model_version():
+    holder = Holder()
+    batcher = MicroBatcher(holder, max_batch=4, max_queue=1000)
+    old = holder.classifier
+    old.gate.set()
+
+    class Newer(SlowClassifier):
+        version = "v-new"
+
+    async def main():
+        task = asyncio.create_task(batcher.submit([f"t {i}" for i in range(10)]))
+        while old.calls == []:
+            await asyncio.sleep(0.001)
+        holder.classifier = Newer()  # swapped after the first piece
+        holder.classifier.gate.set()
+        return await task
+
+    classifier, probs = asyncio.run(main())
+    assert classifier is old and sum(old.calls) == 10 and holder.classifier.calls == []
+    assert probs[:, 0].tolist() == list(range(10))
+
+
+def test_admission_is_in_encoder_seconds():
+    holder = Holder()
+    batcher = MicroBatcher(holder, max_batch=64, max_queue=100_000, max_queue_seconds=5.0)
+    batcher.seconds_per_passage = 0.1  # as measured on a slow encoder
+
+    async def main():
+        busy = asyncio.create_task(batcher.submit([f"a {i}" for i in range(40)]))  # 4 s
+        await asyncio.sleep(0.02)
+        with pytest.raises(Overloaded, match="s of encoder work"):
+            await batcher.submit([f"b {i}" for i in range(20)])  # 6 s > 5 s
+        small = asyncio.create_task(batcher.submit(["c 1"]))  # 4.1 s: admitted
+        await asyncio.sleep(0.02)
+        holder.classifier.gate.set()
+        await busy
+        return await small
+
+    _, probs = asyncio.run(main())
+    assert probs[0, 0] == 1
+    assert batcher.seconds_per_passage is not None
+
+
+def test_work_whose_caller_left_is_not_encoded():
+    holder = Holder()
+    batcher = MicroBatcher(holder, max_batch=64, max_queue=1000)
+
+    async def main():
+        first = asyncio.create_task(batcher.submit(["a 0"]))
+        await asyncio.sleep(0.05)
+        gone = asyncio.create_task(batcher.submit([f"g {i}" for i in range(50)]))
+        await asyncio.sleep(0.01)
+        gone.cancel()  # the client disconnected
+        await asyncio.sleep(0.01)
+        holder.classifier.gate.set()
+        await first
+        return await batcher.submit(["z 3"])
+
+    _, probs = asyncio.run(main())
+    assert holder.classifier.calls == [1, 1] and probs[0, 0] == 3
+    assert batcher.waiting == 0

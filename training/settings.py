@@ -46,6 +46,9 @@ class Limits:
     # 240-token passages: 500 is ~120,000 tokens, a long novel chapter; past it a document
     # would hold the encoder (and the splitter) for many seconds
     max_document_passages: int = 500
+    # encoder seconds of queued work (passages x measured seconds per passage) past which
+    # new requests get 503 + Retry-After
+    max_queue_seconds: float = 10.0
 
 
 @dataclass(frozen=True)
@@ -94,8 +97,8 @@ def _number(env, name: str, default, kind=int):
 def load_settings(env: dict | None = None, **overrides) -> Settings:
     """Defaults, then TROPES_* environment variables, then overrides (None = not given)."""
     env = os.environ if env is None else env
-    limits = Limits(**{f.name: _number(env, f"TROPES_{f.name.upper()}", f.default)
-                       for f in fields(Limits)})
+    limits = Limits(**{f.name: _number(env, f"TROPES_{f.name.upper()}", f.default,
+                                       type(f.default)) for f in fields(Limits)})
     values = dict(
         labels_dir=Path(env.get("TROPES_LABELS_DIR") or default_dir("labels")),
         models_dir=Path(env.get("TROPES_MODELS_DIR") or default_dir("models")),

@@ -131,7 +131,8 @@ class Tropes:
         self.holder = ModelHolder(settings, pinned=settings.model_version)
         self.holder.listener = report_model_state
         report_model_state(self.holder.state())
-        self.batcher = MicroBatcher(self.holder, max_queue=settings.limits.max_queue_passages)
+        self.batcher = MicroBatcher(self.holder, max_queue=settings.limits.max_queue_passages,
+                                    max_queue_seconds=settings.limits.max_queue_seconds)
         try:
             self.taxonomy = load_taxonomy(settings.labels_dir / "taxonomy.yaml").to_json()
         except TaxonomyError:
