@@ -36,6 +36,13 @@ class TropesGroup(click.Group):
             for problem in getattr(exc, "problems", None) or []:
                 click.echo(problem, err=True)
             raise Failure(str(exc)) from None
+        except OSError as exc:  # a full disk, a read-only folder, a closed pipe: no traceback
+            if exc.filename is None:  # most likely stdout itself: let exit not fail again
+                from .bulk.sinks import silence_stdout
+
+                silence_stdout()
+            where = f", {exc.filename}" if exc.filename else ""
+            raise Failure(f"{exc.strerror or exc}{where}") from None
 
 
 def _settings(ctx):

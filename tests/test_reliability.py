@@ -422,3 +422,16 @@ def test_models_use_without_a_models_folder_here_refuses(workspace, tmp_path, mo
     monkeypatch.chdir(tmp_path)
     run = run_cli("--encoder", "hashing", "models", "use", "v1")
     assert run.returncode == 1 and b"--models-dir" in run.stderr
+
+
+def test_other_operational_errors_are_one_line(workspace, tmp_path, monkeypatch):
+    """Any OSError a command meets (here: profile writing into a file posing as a folder)."""
+    scored = tmp_path / "scored.jsonl"
+    src = write_lines(tmp_path / "in.jsonl", rows(3))
+    assert tropes(workspace, "score", str(src), "-o", str(scored)).returncode == 0
+    blocker = tmp_path / "blocker"
+    blocker.write_text("a file, not a folder")
+    run = tropes(workspace, "profile", str(scored), "-o", str(blocker / "profile"))
+    assert run.returncode == 1, run.stderr.decode()
+    err = run.stderr.decode()
+    assert err.startswith("error: ") and "Traceback" not in err and str(blocker) in err
