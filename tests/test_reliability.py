@@ -226,6 +226,7 @@ def set_field(folder: Path, path: list, value):
     (lambda f: set_field(f, ["labels", 2], 7), "'labels[2]'"),
     (lambda f: set_field(f, ["encoder"], [1]), "'encoder'"),
     (lambda f: set_field(f, ["metrics"], {"test": {"macro_f1": "x"}}), "macro_f1"),
+    (lambda f: set_field(f, ["metrics", "test_ece"], float("nan")), "NaN or Infinity"),
     (lambda f: rewrite_weights(f, coef=np.float32(1.0)), "coef has shape ()"),
     (lambda f: rewrite_weights(f, coef=np.full((10, 1), np.nan)), "NaN"),
     (lambda f: rewrite_weights(f, intercept=np.array([np.inf] * 10)), "infinite"),

@@ -4,6 +4,7 @@ A failure is an ArtifactError naming the version and the field, never another ex
 
 from __future__ import annotations
 
+import json
 import math
 from numbers import Real
 
@@ -29,6 +30,10 @@ def check_meta(meta: dict, version: str) -> None:
     def bad(where: str, why: str):
         return ArtifactError(f"model {version}: model.json '{where}' {why}")
 
+    try:  # Python reads NaN and Infinity, but /model (JSON) could then not answer
+        json.dumps(meta, allow_nan=False)
+    except ValueError:
+        raise bad("", "holds NaN or Infinity, which JSON does not allow") from None
     files = meta.get("files")
     if not isinstance(files, dict) or not isinstance(files.get("weights.npz"), str):
         raise bad("files", "must be an object giving the sha256 of weights.npz")
