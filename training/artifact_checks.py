@@ -28,7 +28,8 @@ def check_meta(meta: dict, version: str) -> None:
     """model.json's fields that loading, serving and `tropes models` read."""
 
     def bad(where: str, why: str):
-        return ArtifactError(f"model {version}: model.json '{where}' {why}")
+        field = f" '{where}'" if where else ""
+        return ArtifactError(f"model {version}: model.json{field} {why}")
 
     try:  # Python reads NaN and Infinity, but /model (JSON) could then not answer
         json.dumps(meta, allow_nan=False)
