@@ -342,7 +342,7 @@ def test_mixed_type_id_into_parquet_names_the_row_and_leaves_nothing(workspace, 
     assert run.returncode == 1
     err = run.stderr.decode()
     assert "in.jsonl:2: this row does not fit the Parquet schema" in err and "Traceback" not in err
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl", "models"]  # no debris
 
 
 def fsize_limited(limit):
@@ -420,7 +420,10 @@ def test_full_disk_and_read_only_mount(workspace, tmp_path, small_mount):
 
 
 def test_models_use_without_a_models_folder_here_refuses(workspace, tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
+    elsewhere = tmp_path / "elsewhere"  # a folder with no models/ (tmp_path has the copy)
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    monkeypatch.delenv("TROPES_MODELS_DIR", raising=False)
     run = run_cli("--encoder", "hashing", "models", "use", "v1")
     assert run.returncode == 1 and b"--models-dir" in run.stderr
 
