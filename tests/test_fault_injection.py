@@ -22,6 +22,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
+
 from tropes.bulk.loop import ScoreOptions, ScoreStats, score_file
 from tropes.classifier import Classifier
 from tropes.result import TagResult

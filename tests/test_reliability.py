@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+
 from tropes.bulk.lock import OutputLock
 from tropes.bulk.loop import ScoreOptions, ScoreStats, score_file
 from tropes.training.artifact import ArtifactError, list_versions, load_model

@@ -39,10 +39,10 @@ def check_meta(meta: dict, version: str) -> None:
     if not isinstance(files, dict) or not isinstance(files.get("weights.npz"), str):
         raise bad("files", "must be an object giving the sha256 of weights.npz")
     check_labels(meta.get("labels"), bad)
-    encoder = meta.get("encoder")
+    encoder = meta.get("encoder", {})
     if not isinstance(encoder, dict):
         raise bad("encoder", "must be an object naming the encoder and its dim")
-    if not _count(encoder.get("dim")):
+    if "dim" in encoder and not _count(encoder["dim"]):
         raise bad("encoder.dim", f"must be a positive integer, not {encoder.get('dim')!r}")
     if "max_tokens" in encoder and not _count(encoder["max_tokens"]):
         raise bad("encoder.max_tokens", "must be a positive integer")
@@ -90,9 +90,9 @@ def check_labels(entries, bad) -> None:
         raise bad("labels", "repeats a label id")
 
 
-def check_weights(version: str, arrays: dict, labels: int, dim: int) -> None:
-    """coef (labels x features), intercept (labels), prototypes (n x dim), where
-    features = dim + n: finite real numbers throughout."""
+def check_weights(version: str, arrays: dict, labels: int, dim: int | None) -> None:
+    """coef (rows x features), intercept (rows), prototypes (n x dim), where rows are the
+    labels and groups and features = dim + n: finite real numbers throughout."""
     for name in ("coef", "intercept", "prototypes"):
         array = arrays[name]
         if array.dtype.kind not in "fiu":
@@ -105,6 +105,8 @@ def check_weights(version: str, arrays: dict, labels: int, dim: int) -> None:
             raise ArtifactError(f"model {version}: weights.npz {name} holds values beyond "
                                 f"+-{MAX_WEIGHT:g}; scores would overflow to NaN")
     coef, intercept, prototypes = arrays["coef"], arrays["intercept"], arrays["prototypes"]
+    if prototypes.ndim == 2 and dim is None:
+        dim = prototypes.shape[1]
     if prototypes.ndim != 2 or prototypes.shape[1] != dim:
         raise ArtifactError(f"model {version}: weights.npz prototypes have shape "
                             f"{prototypes.shape}; expected (n, {dim}) for the encoder's dim")
