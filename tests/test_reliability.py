@@ -223,7 +223,7 @@ def set_field(folder: Path, path: list, value):
 
 @pytest.mark.parametrize("damage, message", [
     (lambda f: set_field(f, ["files"], "oops"), "'files'"),
-    (lambda f: set_field(f, ["labels", 0, "thresholds", "f1"], "high"), "thresholds.f1"),
+    (lambda f: set_field(f, ["labels", 0, "thresholds", "f1"], "high"), "f1"),
     (lambda f: set_field(f, ["labels", 2], 7), "'labels[2]'"),
     (lambda f: set_field(f, ["encoder"], [1]), "'encoder'"),
     (lambda f: set_field(f, ["metrics"], {"test": {"macro_f1": "x"}}), "macro_f1"),
