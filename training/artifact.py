@@ -200,8 +200,9 @@ def _load_checked(models_dir: Path, version: str | None) -> Model:
         meta = json.loads((folder / "model.json").read_text(encoding="utf-8"))
     except (ValueError, UnicodeDecodeError) as exc:
         raise ArtifactError(f"model {version}: model.json is not valid JSON ({exc})") from None
+    if isinstance(meta, dict) and meta.get("version") == version:
+        check_meta(meta, version)  # first: its messages name the exact field
     record = ModelRecord.parse(meta, version)
-    check_meta(meta, version)
     if record.weights_sha256 != _sha256(folder / "weights.npz"):
         raise ArtifactError(f"model {version}: weights.npz does not match its recorded sha256 "
                             "(truncated or modified)")
