@@ -212,6 +212,14 @@ def rewrite_weights(folder: Path, **arrays):
     (folder / "model.json").write_text(json.dumps(meta))
 
 
+def poison(folder: Path, name: str, value):
+    """One element of a weight array set to value, the shape kept (the hash rewritten)."""
+    with np.load(folder / "weights.npz") as data:
+        array = data[name].astype(np.float64)
+    array.flat[0] = value
+    rewrite_weights(folder, **{name: array})
+
+
 def set_field(folder: Path, path: list, value):
     meta = json.loads((folder / "model.json").read_text())
     target = meta
@@ -228,10 +236,11 @@ def set_field(folder: Path, path: list, value):
     (lambda f: set_field(f, ["encoder"], [1]), "'encoder'"),
     (lambda f: set_field(f, ["metrics"], {"test": {"macro_f1": "x"}}), "macro_f1"),
     (lambda f: set_field(f, ["metrics", "test_ece"], float("nan")), "NaN or Infinity"),
-    (lambda f: rewrite_weights(f, coef=np.float32(1.0)), "coef has shape ()"),
-    (lambda f: rewrite_weights(f, coef=np.full((10, 1), np.nan)), "NaN"),
-    (lambda f: rewrite_weights(f, intercept=np.array([np.inf] * 10)), "infinite"),
-    (lambda f: rewrite_weights(f, prototypes=np.zeros((3, 7), np.float32)), "prototypes"),
+    (lambda f: rewrite_weights(f, coef=np.float32(1.0)), "shape ()"),
+    (lambda f: poison(f, "coef", np.nan), "NaN"),
+    (lambda f: poison(f, "intercept", np.inf), "infinite"),
+    (lambda f: poison(f, "coef", 1e30), "overflow"),
+    (lambda f: rewrite_weights(f, prototypes=np.zeros((3, 7), np.float32)), "prototype"),
 ])
 def test_every_malformed_version_is_an_artifact_error(workspace, damage, message):
     models = workspace.models_dir

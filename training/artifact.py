@@ -213,8 +213,6 @@ def _load_checked(models_dir: Path, version: str | None) -> Model:
     except Exception as exc:  # noqa: BLE001 - numpy raises many kinds for a damaged zip
         raise ArtifactError(f"model {version}: cannot read weights.npz ({exc})") from None
     rows = len(record.labels) + len(record.group_ids)
-    check_weights(version, {"coef": coef, "intercept": intercept, "prototypes": prototypes},
-                  rows, record.dim)
     if coef.ndim != 2 or coef.shape[0] != rows or intercept.shape != (rows,):
         raise ArtifactError(f"model {version}: weights have shape {coef.shape} / "
                             f"{intercept.shape} but model.json lists {rows} label and group rows")
@@ -223,6 +221,8 @@ def _load_checked(models_dir: Path, version: str | None) -> Model:
     if record.dim is not None and coef.shape[1] != record.dim + len(prototypes):
         raise ArtifactError(f"model {version}: weights expect {coef.shape[1]} features, encoder "
                             f"gives {record.dim} + {len(prototypes)} prototype similarities")
+    check_weights(version, {"coef": coef, "intercept": intercept, "prototypes": prototypes},
+                  rows, record.dim)
     for name, array in (("coef", coef), ("intercept", intercept), ("prototypes", prototypes)):
         if not np.issubdtype(array.dtype, np.floating) or not np.isfinite(array).all():
             raise ArtifactError(f"model {version}: weights.npz '{name}' must hold finite floats")
