@@ -1,0 +1,136 @@
+"""Do document labels grow with length? Documents are assembled from labels/test: k passages
+with no label (k = 0..20), with or without one positive passage. For each k it prints
+
+- the false-label rate of all-negative documents of k+1 passages (per label, averaged over
+  labels, and "any label"), under the plain max over passages and under the shipped rule
+  (tropes.documents: the max lowered by DOCUMENT_SLOPE * ln(passages) in log-odds);
+- what the passage false-positive rate explains for the plain max if passages were
+  independent, 1 - (1 - f)^(k+1);
+- the recall of the positive passage's labels among k negatives, under both rules.
+
+It also prints the slope that would hold the per-label false-label rate at k = 20 to the
+single-passage rate for this model, and the extra cost of sentence evidence in
+Classifier.tag_documents (documents of one positive and five negative passages).
+Runs on whatever models/LATEST is:  .venv/bin/python bench/document_length.py"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+from tropes.classifier import load
+from tropes.documents import DOCUMENT_SLOPE, document_scores
+from tropes.training.labelset import read_labels
+from tropes.training.settings import load_settings
+
+KS = list(range(0, 21))
+
+
+def false_label_rates(neg: np.ndarray, thresholds: np.ndarray, n: int, slope: float,
+                      trials: int, rng) -> tuple[float, float]:
+    """(mean per-label rate, any-label rate) over `trials` all-negative documents."""
+    flags = np.zeros((trials, neg.shape[1]), dtype=bool)
+    for t in range(trials):
+        doc = neg[rng.choice(len(neg), size=n, replace=n > len(neg))]
+        flags[t] = document_scores(doc, slope) >= thresholds
+    return float(flags.mean()), float(flags.any(axis=1).mean())
+
+
+def recall(pos: list[tuple[int, np.ndarray]], neg: np.ndarray, thresholds: np.ndarray,
+           k: int, slope: float, rng) -> float:
+    """Share of (positive passage, label) pairs found in a document with k negatives."""
+    hits = total = 0
+    for label, row in pos:
+        doc = np.vstack([row[None, :], neg[rng.choice(len(neg), size=k, replace=False)]])
+        hits += bool(document_scores(doc, slope)[label] >= thresholds[label])
+        total += 1
+    return hits / max(total, 1)
+
+
+def fitted_slope(neg, thresholds, trials, rng) -> float:
+    """Smallest slope (step 0.05) at which 21-passage documents get false labels no more
+    often, per label, than single passages do."""
+    base = float((neg >= thresholds).mean())
+    for slope in np.arange(0, 4.01, 0.05):
+        rate, _ = false_label_rates(neg, thresholds, 21, float(slope), trials, rng)
+        if rate <= base:
+            return round(float(slope), 2)
+    return float("nan")
+
+
+def evidence_cost(classifier, texts, neg_idx, pos_idx, docs: int,
+                  rng) -> tuple[float, float, float]:
+    """(seconds without evidence, with evidence, share of documents whose best evidence
+    sentence for a found label lies in the positive passage)."""
+    built, positive_spans = [], []
+    for d in range(docs):
+        parts = [texts[i] for i in rng.choice(neg_idx, size=5, replace=False)]
+        at = int(rng.integers(0, 6))
+        parts.insert(at, texts[pos_idx[d % len(pos_idx)]])
+        start = sum(len(p) + 2 for p in parts[:at])
+        built.append("\n\n".join(parts))
+        positive_spans.append((start, start + len(parts[at])))
+    classifier.tag_documents(built[:2])  # warm-up
+    t0 = time.perf_counter()
+    classifier.tag_documents(built, evidence=False)
+    plain = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    results = classifier.tag_documents(built, evidence=True)
+    with_evidence = time.perf_counter() - t0
+    inside = found = 0
+    for result, (a, b) in zip(results, positive_spans):
+        for hits in result.evidence.values():
+            found += 1
+            inside += a <= hits[0].start and hits[0].end <= b
+    return plain, with_evidence, inside / max(found, 1)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--trials", type=int, default=2000)
+    parser.add_argument("--evidence-docs", type=int, default=40)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    rng = np.random.default_rng(args.seed)
+    settings = load_settings()
+    classifier = load(settings=settings)
+    test = read_labels(settings.labels_dir).split("test")
+    texts = [p.text for p in test]
+    print(f"model {classifier.version}; {len(test)} test passages; encoding...", flush=True)
+    probs = classifier.probabilities(texts)
+    thresholds = classifier.thresholds
+    neg_idx = [i for i, p in enumerate(test) if not p.labels]
+    pos_idx = [i for i, p in enumerate(test) if p.labels]
+    neg = probs[neg_idx]
+    pos = [(classifier.labels.index(label), probs[i]) for i in pos_idx
+           for label in test[i].labels if label in classifier.labels]
+    f_label = float((neg >= thresholds).mean())
+    f_any = float((neg >= thresholds).any(axis=1).mean())
+    print(f"{len(neg_idx)} negative passages (no label), {len(pos)} (positive passage, label) "
+          f"pairs; passage false-positive rate {f_label:.4f} per label, {f_any:.4f} any label")
+    print(f"shipped rule: slope {DOCUMENT_SLOPE} (log-odds per ln(passages))\n")
+    print("| k | false-label rate, max: per label / any | explained by passage FPR: per label"
+          " / any | rule: per label / any | recall, max | recall, rule |")
+    print("|---|---|---|---|---|---|")
+    for k in KS:
+        n = k + 1
+        plain = false_label_rates(neg, thresholds, n, 0.0, args.trials, rng)
+        ruled = false_label_rates(neg, thresholds, n, DOCUMENT_SLOPE, args.trials, rng)
+        explained = (1 - (1 - f_label) ** n, 1 - (1 - f_any) ** n)
+        print(f"| {k} | {plain[0]:.3f} / {plain[1]:.3f} | {explained[0]:.3f} / "
+              f"{explained[1]:.3f} | {ruled[0]:.3f} / {ruled[1]:.3f} | "
+              f"{recall(pos, neg, thresholds, k, 0.0, rng):.3f} | "
+              f"{recall(pos, neg, thresholds, k, DOCUMENT_SLOPE, rng):.3f} |", flush=True)
+    slope = fitted_slope(neg, thresholds, args.trials // 2, rng)
+    print(f"\nslope that holds the per-label rate at k=20 to the passage rate: {slope}")
+    plain_s, evidence_s, inside = evidence_cost(classifier, texts, neg_idx, pos_idx,
+                                                args.evidence_docs, rng)
+    print(f"\nevidence cost, {args.evidence_docs} documents of 6 passages: tag_documents "
+          f"{plain_s:.2f} s without evidence, {evidence_s:.2f} s with: "
+          f"{evidence_s / plain_s:.2f}x; best evidence sentence inside the positive passage "
+          f"for {inside:.1%} of document labels")
+
+
+if __name__ == "__main__":
+    main()
