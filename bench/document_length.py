@@ -21,6 +21,8 @@ import time
 import numpy as np
 from tropes.classifier import load
 from tropes.documents import DOCUMENT_SLOPE, document_scores
+from tropes.training.embeddings import embed_with_cache
+from tropes.training.features import build_features
 from tropes.training.labelset import read_labels
 from tropes.training.settings import load_settings
 
@@ -91,14 +93,19 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=2000)
     parser.add_argument("--evidence-docs", type=int, default=40)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--precision", choices=["auto", "fp32", "bf16"], default=None,
+                        help="encoder precision (default: the model's)")
     args = parser.parse_args()
     rng = np.random.default_rng(args.seed)
     settings = load_settings()
-    classifier = load(settings=settings)
+    classifier = load(settings=settings, precision=args.precision)
     test = read_labels(settings.labels_dir).split("test")
     texts = [p.text for p in test]
     print(f"model {classifier.version}; {len(test)} test passages; encoding...", flush=True)
-    probs = classifier.probabilities(texts)
+    # the embedding cache (.cache/, as tropes eval uses it) makes a rerun cheap
+    vectors, _ = embed_with_cache(classifier.encoder, texts, settings.cache_dir, progress=True)
+    probs = classifier.model.head.predict_proba(build_features(vectors,
+                                                               classifier.model.prototypes))
     thresholds = classifier.thresholds
     neg_idx = [i for i, p in enumerate(test) if not p.labels]
     pos_idx = [i for i, p in enumerate(test) if p.labels]

@@ -220,3 +220,45 @@ def test_reload_is_refused_from_another_host(service_workspace):
     with TestClient(extras, client=("10.1.2.3", 5555)) as other:
         r = other.post("/admin/reload")
     assert r.status_code == 403
+
+
+def test_review_saving_is_off_by_default(client):
+    assert client.get("/review/config").json()["enabled"] is False
+    r = client.post("/review/save", json={"id": "a", "text": "t", "labels": [],
+                                          "register": "other"})
+    assert r.status_code == 404 and "TROPES_REVIEW_OUTPUT" in r.json()["error"]
+
+
+def test_review_saves_in_labels_format(client, tmp_path, monkeypatch):
+    out = tmp_path / "reviewed.jsonl"
+    monkeypatch.setenv("TROPES_REVIEW_OUTPUT", str(out))
+    config = client.get("/review/config").json()
+    assert config["enabled"] and "other" in config["registers"]
+    passage = {"id": "sug-1", "text": TEXT, "labels": ["honesty", "deception"],
+               "register": "other"}
+    assert client.post("/review/save", json=passage).status_code == 200
+    again = client.post("/review/save", json={**passage, "labels": []}).json()
+    assert again["passages"] == 1  # a second save of an id replaces its line
+    client.post("/review/save", json={**passage, "id": "sug-2"})
+    lines = [json.loads(x) for x in out.read_text().splitlines()]
+    assert lines == [{**passage, "labels": []},
+                     {**passage, "id": "sug-2", "labels": ["deception", "honesty"]}]
+    for bad, field in [({**passage, "labels": ["nope"]}, "labels[0]"),
+                       ({**passage, "labels": None}, "labels"),
+                       ({**passage, "text": " "}, "text"),
+                       ({**passage, "register": "novel"}, "register")]:
+        r = client.post("/review/save", json=bad)
+        assert r.status_code == 422 and r.json()["field"] == field
+    assert len(out.read_text().splitlines()) == 2  # refused saves wrote nothing
+
+
+def test_review_saving_is_local_only(tmp_path, monkeypatch):
+    from starlette.testclient import TestClient
+    from tropes.http.service import extras
+
+    monkeypatch.setenv("TROPES_REVIEW_OUTPUT", str(tmp_path / "r.jsonl"))
+    with TestClient(extras, client=("10.1.2.3", 5555)) as other:
+        assert other.get("/review/config").json()["enabled"] is False
+        r = other.post("/review/save", json={"id": "a", "text": "t", "labels": [],
+                                             "register": "other"})
+    assert r.status_code == 403 and not (tmp_path / "r.jsonl").exists()
