@@ -49,13 +49,16 @@ def browser(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def server(hashing_workspace, tmp_path_factory):
+def server(request, tmp_path_factory):
     from tropes.http.launch import running_server
 
     review = tmp_path_factory.mktemp("review") / "reviewed.jsonl"
     real = os.environ.get("TROPES_PAGE_ENCODER") == "minilm"
-    models = REPO / "models" if real else hashing_workspace.models_dir
-    labels = REPO / "labels" if real else hashing_workspace.labels_dir
+    if real:
+        models, labels = REPO / "models", REPO / "labels"
+    else:
+        workspace = request.getfixturevalue("hashing_workspace")
+        models, labels = workspace.models_dir, workspace.labels_dir
     env = {"TROPES_LABELS_DIR": str(labels), "TROPES_REVIEW_OUTPUT": str(review)}
     with running_server(models, encoder="minilm" if real else "hashing", env=env,
                         startup_s=300) as (url, _):
