@@ -21,7 +21,8 @@ import time
 import numpy as np
 from tropes.classifier import load
 from tropes.documents import DOCUMENT_SLOPE, document_scores
-from tropes.training.embeddings import embed_with_cache
+from tropes.training.artifact import load_model
+from tropes.training.embeddings import EmbeddingCache, embed_with_cache, text_key
 from tropes.training.features import build_features
 from tropes.training.labelset import read_labels
 from tropes.training.settings import load_settings
@@ -29,25 +30,30 @@ from tropes.training.settings import load_settings
 KS = list(range(0, 21))
 
 
+def rule_scores(best: np.ndarray, n: int, slope: float) -> np.ndarray:
+    """document_scores for many documents at once, from their per-label max."""
+    return document_scores(best[None, ...], slope) if n == 1 else \
+        1 / (1 + np.exp(-(np.log(np.clip(best, 1e-7, 1 - 1e-7) / np.clip(1 - best, 1e-7, 1))
+                         - slope * np.log(n))))
+
+
 def false_label_rates(neg: np.ndarray, thresholds: np.ndarray, n: int, slope: float,
                       trials: int, rng) -> tuple[float, float]:
     """(mean per-label rate, any-label rate) over `trials` all-negative documents."""
-    flags = np.zeros((trials, neg.shape[1]), dtype=bool)
-    for t in range(trials):
-        doc = neg[rng.choice(len(neg), size=n, replace=n > len(neg))]
-        flags[t] = document_scores(doc, slope) >= thresholds
+    idx = np.stack([rng.choice(len(neg), size=n, replace=n > len(neg)) for _ in range(trials)])
+    flags = rule_scores(neg[idx].max(axis=1), n, slope) >= thresholds
     return float(flags.mean()), float(flags.any(axis=1).mean())
 
 
 def recall(pos: list[tuple[int, np.ndarray]], neg: np.ndarray, thresholds: np.ndarray,
            k: int, slope: float, rng) -> float:
     """Share of (positive passage, label) pairs found in a document with k negatives."""
-    hits = total = 0
-    for label, row in pos:
-        doc = np.vstack([row[None, :], neg[rng.choice(len(neg), size=k, replace=False)]])
-        hits += bool(document_scores(doc, slope)[label] >= thresholds[label])
-        total += 1
-    return hits / max(total, 1)
+    labels = np.array([label for label, _ in pos])
+    best = np.array([row[label] for label, row in pos])
+    if k:
+        idx = np.stack([rng.choice(len(neg), size=k, replace=False) for _ in pos])
+        best = np.maximum(best, neg[idx, labels[:, None]].max(axis=1))
+    return float((rule_scores(best, k + 1, slope) >= thresholds[labels]).mean())
 
 
 def fitted_slope(neg, thresholds, trials, rng) -> float:
@@ -93,25 +99,42 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=2000)
     parser.add_argument("--evidence-docs", type=int, default=40)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--from-cache", action="store_true",
+                        help="test passages' vectors from .cache/ only, no encoder (no "
+                             "evidence cost)")
     parser.add_argument("--precision", choices=["auto", "fp32", "bf16"], default=None,
                         help="encoder precision (default: the model's)")
     args = parser.parse_args()
     rng = np.random.default_rng(args.seed)
     settings = load_settings()
-    classifier = load(settings=settings, precision=args.precision)
     test = read_labels(settings.labels_dir).split("test")
     texts = [p.text for p in test]
-    print(f"model {classifier.version}; {len(test)} test passages; encoding...", flush=True)
-    # the embedding cache (.cache/, as tropes eval uses it) makes a rerun cheap
-    vectors, _ = embed_with_cache(classifier.encoder, texts, settings.cache_dir, progress=True)
-    probs = classifier.model.head.predict_proba(build_features(vectors,
-                                                               classifier.model.prototypes))
-    thresholds = classifier.thresholds
+    if args.from_cache:
+        classifier = None
+        model = load_model(settings.models_dir)
+        precision = args.precision or (model.meta.get("encoder") or {}).get("precision", "fp32")
+        key = f"minilm-l6-v2-{model.meta['encoder']['weights_sha256'][:12]}-{precision}"
+        cache = EmbeddingCache(settings.cache_dir, key)
+        missing = sum(text_key(t) not in cache.vectors for t in texts)
+        if missing:
+            raise SystemExit(f"{missing} test passages are not in {cache.path}; run without "
+                             "--from-cache")
+        vectors = np.stack([cache.vectors[text_key(t)] for t in texts])
+    else:
+        classifier = load(settings=settings, precision=args.precision)
+        model = classifier.model
+        # the embedding cache (.cache/, as tropes eval uses it) makes a rerun cheap
+        vectors, _ = embed_with_cache(classifier.encoder, texts, settings.cache_dir,
+                                      progress=True)
+    print(f"model {model.version}; {len(test)} test passages", flush=True)
+    probs = model.head.predict_proba(build_features(vectors, model.prototypes))
+    thresholds = model.threshold_vector(None)
+    label_ids = list(model.labels)
     neg_idx = [i for i, p in enumerate(test) if not p.labels]
     pos_idx = [i for i, p in enumerate(test) if p.labels]
     neg = probs[neg_idx]
-    pos = [(classifier.labels.index(label), probs[i]) for i in pos_idx
-           for label in test[i].labels if label in classifier.labels]
+    pos = [(label_ids.index(label), probs[i]) for i in pos_idx
+           for label in test[i].labels if label in label_ids]
     f_label = float((neg >= thresholds).mean())
     f_any = float((neg >= thresholds).any(axis=1).mean())
     print(f"{len(neg_idx)} negative passages (no label), {len(pos)} (positive passage, label) "
@@ -131,6 +154,9 @@ def main() -> None:
               f"{recall(pos, neg, thresholds, k, DOCUMENT_SLOPE, rng):.3f} |", flush=True)
     slope = fitted_slope(neg, thresholds, args.trials // 2, rng)
     print(f"\nslope that holds the per-label rate at k=20 to the passage rate: {slope}")
+    if classifier is None:
+        print("\nevidence cost: not measured with --from-cache (it needs the encoder)")
+        return
     plain_s, evidence_s, inside = evidence_cost(classifier, texts, neg_idx, pos_idx,
                                                 args.evidence_docs, rng)
     print(f"\nevidence cost, {args.evidence_docs} documents of 6 passages: tag_documents "
