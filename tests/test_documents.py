@@ -2,7 +2,7 @@
 
 import numpy as np
 import pytest
-from tropes.documents import attach_evidence, document_scores, evidence_jobs
+from tropes.documents import DOCUMENT_SLOPE, attach_evidence, document_scores, evidence_jobs
 from tropes.result import TagResult
 from tropes.splitter import Span
 
@@ -14,20 +14,22 @@ def test_one_passage_scores_as_a_passage_and_longer_documents_lower_the_max():
     scores = document_scores(many)
     assert scores[0] < 0.3 and scores[1] < 0.05
     assert document_scores(many, slope=0).tolist() == pytest.approx([0.3, 0.05])
-    # logit(score) = logit(max) - ln(10)
-    assert np.log(scores[0] / (1 - scores[0])) == pytest.approx(np.log(0.3 / 0.7) - np.log(10))
+    # logit(score) = logit(max) - slope * ln(10)
+    assert np.log(scores[0] / (1 - scores[0])) == pytest.approx(
+        np.log(0.3 / 0.7) - DOCUMENT_SLOPE * np.log(10))
 
 
 def test_false_label_rate_stays_flat_with_length_where_the_max_grows():
-    """Negatives whose log-odds have a logistic tail: the plain max gives documents of 21
-    passages about 21 times the false labels of one passage; the rule keeps it flat."""
+    """Negatives whose log-odds have a logistic tail (rate 1): the plain max gives documents
+    of 21 passages many times the false labels of one passage; the rule with the slope that
+    matches the tail (1 / rate) keeps it flat."""
     rng = np.random.default_rng(0)
     threshold = 0.2
     logits = rng.logistic(loc=-4.0, size=(20_000, 21, 1))
     probs = 1 / (1 + np.exp(-logits))
     single = (probs[:, 0, 0] >= threshold).mean()
     plain = np.mean([document_scores(d, slope=0)[0] >= threshold for d in probs[:4000]])
-    ruled = np.mean([document_scores(d)[0] >= threshold for d in probs[:4000]])
+    ruled = np.mean([document_scores(d, slope=1.0)[0] >= threshold for d in probs[:4000]])
     assert plain > 5 * single
     assert ruled == pytest.approx(single, rel=0.35)
 
