@@ -19,6 +19,7 @@ import argparse
 import time
 
 import numpy as np
+
 from tropes.classifier import load
 from tropes.documents import DOCUMENT_SLOPE, document_scores
 from tropes.training.artifact import load_model
@@ -37,31 +38,32 @@ def rule_scores(best: np.ndarray, n: int, slope: float) -> np.ndarray:
                          - slope * np.log(n))))
 
 
-def false_label_rates(neg: np.ndarray, thresholds: np.ndarray, n: int, slope: float,
+def false_label_rates(neg: np.ndarray, present, n: int, slope: float,
                       trials: int, rng) -> tuple[float, float]:
     """(mean per-label rate, any-label rate) over `trials` all-negative documents."""
     idx = np.stack([rng.choice(len(neg), size=n, replace=n > len(neg)) for _ in range(trials)])
-    flags = rule_scores(neg[idx].max(axis=1), n, slope) >= thresholds
+    flags = present(rule_scores(neg[idx].max(axis=1), n, slope))
     return float(flags.mean()), float(flags.any(axis=1).mean())
 
 
-def recall(pos: list[tuple[int, np.ndarray]], neg: np.ndarray, thresholds: np.ndarray,
+def recall(pos: list[tuple[int, np.ndarray]], neg: np.ndarray, present,
            k: int, slope: float, rng) -> float:
     """Share of (positive passage, label) pairs found in a document with k negatives."""
     labels = np.array([label for label, _ in pos])
-    best = np.array([row[label] for label, row in pos])
+    best = np.stack([row for _, row in pos])
     if k:
         idx = np.stack([rng.choice(len(neg), size=k, replace=False) for _ in pos])
-        best = np.maximum(best, neg[idx, labels[:, None]].max(axis=1))
-    return float((rule_scores(best, k + 1, slope) >= thresholds[labels]).mean())
+        best = np.maximum(best, neg[idx].max(axis=1))
+    flags = present(rule_scores(best, k + 1, slope))
+    return float(flags[np.arange(len(labels)), labels].mean())
 
 
-def fitted_slope(neg, thresholds, trials, rng) -> float:
+def fitted_slope(neg, present, trials, rng) -> float:
     """Smallest slope (step 0.05) at which 21-passage documents get false labels no more
     often, per label, than single passages do."""
-    base = float((neg >= thresholds).mean())
+    base = float(present(neg).mean())
     for slope in np.arange(0, 4.01, 0.05):
-        rate, _ = false_label_rates(neg, thresholds, 21, float(slope), trials, rng)
+        rate, _ = false_label_rates(neg, present, 21, float(slope), trials, rng)
         if rate <= base:
             return round(float(slope), 2)
     return float("nan")
@@ -128,15 +130,18 @@ def main() -> None:
                                       progress=True)
     print(f"model {model.version}; {len(test)} test passages", flush=True)
     probs = model.head.predict_proba(build_features(vectors, model.prototypes))
-    thresholds = model.threshold_vector(None)
+
+    def present(scores):  # the model's own decision rule (thresholds, and group gates)
+        return model.present(scores)
+
     label_ids = list(model.labels)
     neg_idx = [i for i, p in enumerate(test) if not p.labels]
     pos_idx = [i for i, p in enumerate(test) if p.labels]
     neg = probs[neg_idx]
     pos = [(label_ids.index(label), probs[i]) for i in pos_idx
            for label in test[i].labels if label in label_ids]
-    f_label = float((neg >= thresholds).mean())
-    f_any = float((neg >= thresholds).any(axis=1).mean())
+    f_label = float(present(neg).mean())
+    f_any = float(present(neg).any(axis=1).mean())
     print(f"{len(neg_idx)} negative passages (no label), {len(pos)} (positive passage, label) "
           f"pairs; passage false-positive rate {f_label:.4f} per label, {f_any:.4f} any label")
     print(f"shipped rule: slope {DOCUMENT_SLOPE} (log-odds per ln(passages))\n")
@@ -145,14 +150,14 @@ def main() -> None:
     print("|---|---|---|---|---|---|")
     for k in KS:
         n = k + 1
-        plain = false_label_rates(neg, thresholds, n, 0.0, args.trials, rng)
-        ruled = false_label_rates(neg, thresholds, n, DOCUMENT_SLOPE, args.trials, rng)
+        plain = false_label_rates(neg, present, n, 0.0, args.trials, rng)
+        ruled = false_label_rates(neg, present, n, DOCUMENT_SLOPE, args.trials, rng)
         explained = (1 - (1 - f_label) ** n, 1 - (1 - f_any) ** n)
         print(f"| {k} | {plain[0]:.3f} / {plain[1]:.3f} | {explained[0]:.3f} / "
               f"{explained[1]:.3f} | {ruled[0]:.3f} / {ruled[1]:.3f} | "
-              f"{recall(pos, neg, thresholds, k, 0.0, rng):.3f} | "
-              f"{recall(pos, neg, thresholds, k, DOCUMENT_SLOPE, rng):.3f} |", flush=True)
-    slope = fitted_slope(neg, thresholds, args.trials // 2, rng)
+              f"{recall(pos, neg, present, k, 0.0, rng):.3f} | "
+              f"{recall(pos, neg, present, k, DOCUMENT_SLOPE, rng):.3f} |", flush=True)
+    slope = fitted_slope(neg, present, args.trials // 2, rng)
     print(f"\nslope that holds the per-label rate at k=20 to the passage rate: {slope}")
     if classifier is None:
         print("\nevidence cost: not measured with --from-cache (it needs the encoder)")

@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+
 from tropes.documents import DOCUMENT_SLOPE, attach_evidence, document_scores, evidence_jobs
 from tropes.result import TagResult
 from tropes.splitter import Span

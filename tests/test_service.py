@@ -254,6 +254,7 @@ def test_review_saves_in_labels_format(client, tmp_path, monkeypatch):
 
 def test_review_saving_is_local_only(tmp_path, monkeypatch):
     from starlette.testclient import TestClient
+
     from tropes.http.service import extras
 
     monkeypatch.setenv("TROPES_REVIEW_OUTPUT", str(tmp_path / "r.jsonl"))
