@@ -6,7 +6,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export BENTOML_DO_NOT_TRACK := true
 
-.PHONY: setup setup-serve test test-all serve train lint bench wheel clean
+.PHONY: setup setup-serve browser test test-all serve train lint bench wheel clean
 
 setup: $(DEV_STAMP)
 setup-serve: $(SERVE_STAMP)
@@ -26,8 +26,14 @@ $(DEV_STAMP): $(SERVE_STAMP)
 test: setup
 	$(VENV)/bin/pytest
 
+# the page's browser test needs Debian's chromium and its driver (root or sudo)
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+browser:
+	command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+	  ($(SUDO) apt-get update && $(SUDO) apt-get install -y chromium chromium-driver)
+
 # the long runs: 20,000-request load test, 1,000+ fuzzed cases, full reproductions, browser
-test-all: setup
+test-all: setup browser
 	TROPES_LOAD_FULL=1 TROPES_FUZZ_EXAMPLES=400 $(VENV)/bin/pytest -m '' -s
 
 serve: setup-serve

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .result import Evidence, TagResult
-from .splitter import split_passages
+from .documents import SentenceJob, attach_evidence, document_scores, evidence_jobs
+from .result import TagResult
+from .splitter import Span, split_passages
 from .training.artifact import ArtifactError, Model, load_model
 from .training.embeddings import Encoder, check_encoder_matches, encoder_for_model
 from .training.features import build_features
@@ -59,40 +60,91 @@ class Classifier:
                 for row, flags, m, a in zip(rounded, present.tolist(), mis.tolist(),
                                             ali.tolist())]
 
-    def tag(self, texts: list[str]) -> list[TagResult]:
-        """Tag passages: labels, probabilities, group scores and the portrayal of each."""
-        return self.results(self.scores(texts))
+    def tag(self, texts: list[str], evidence: bool = False) -> list[TagResult]:
+        """Tag passages: labels, probabilities and the portrayal of each. A text longer than
+        the encoder's window is split and pooled like a document (never cut short); its
+        result says how many passages it was read as (`passages_pooled`)."""
+        plans = [self.passages_of(t) for t in texts]
+        probs = self.scores([t[s.start:s.end] for t, p in zip(texts, plans) for s in p])
+        results, k = [], 0
+        for text, spans in zip(texts, plans):
+            part = probs[k:k + len(spans)]
+            k += len(spans)
+            result = self.pooled_result(spans, part)
+            if evidence:
+                self.add_evidence(result, text, spans, part)
+            results.append(result)
+        return results
 
-    def split(self, text: str):
+    def fits(self, text: str) -> bool:
+        """Whether the encoder reads the whole text in one window."""
+        return len(text) <= self.window or self.encoder.count_tokens(text) <= self.window
+
+    def passages_of(self, text: str) -> list[Span]:
+        """A passage to tag: itself when it fits the window, else split like a document."""
+        if self.fits(text):
+            return [Span(0, len(text))]
+        return self.split(text) or [Span(0, len(text))]
+
+    def split(self, text: str) -> list[Span]:
         return split_passages(text, self.window, self.encoder.count_tokens)
 
-    def tag_documents(self, texts: list[str]) -> list[TagResult]:
-        """Each document: split, tag every passage (one encoder call for all), aggregate."""
+    def tag_documents(self, texts: list[str], evidence: bool = True) -> list[TagResult]:
+        """Each document: split, tag every passage (one encoder call for all), aggregate,
+        then score the sentences of flagged passages for evidence (one more call)."""
         spans = [self.split(t) for t in texts]
-        pieces = [t[s.start:s.end] for t, doc in zip(texts, spans) for s in doc]
-        probs = self.scores(pieces)
+        probs = self.scores([t[s.start:s.end] for t, doc in zip(texts, spans) for s in doc])
         out, k = [], 0
-        for doc in spans:
-            out.append(self.document_result(doc, probs[k:k + len(doc)]))
+        for text, doc in zip(texts, spans):
+            part = probs[k:k + len(doc)]
             k += len(doc)
+            result = self.document_result(doc, part)
+            if evidence:
+                self.add_evidence(result, text, doc, part)
+            out.append(result)
         return out
 
-    def document_result(self, spans, probs: np.ndarray) -> TagResult:
+    def pooled_result(self, spans: list[Span], probs: np.ndarray) -> TagResult:
+        """One passage's result, or for a text read as several passages, the document
+        rule's labels and scores (without the passage list)."""
+        if len(spans) == 1:
+            return self.results(probs)[0]
+        result = self.results(document_scores(probs)[None, :])[0]
+        result.extra["passages_pooled"] = len(spans)
+        return result
+
+    def document_result(self, spans: list[Span], probs: np.ndarray) -> TagResult:
+        """Document labels by the length-corrected max (tropes.documents), with every
+        passage's own result; evidence is added by add_evidence."""
         if len(spans) == 0:
             result = self.results(np.zeros((1, self.model.head.coef.shape[0])))[0]
             result.passages, result.evidence = [], {}
             return result
-        result = self.results(probs.max(axis=0, keepdims=True))[0]
-        present = self.model.present(probs, self.profile)
+        result = self.results(document_scores(probs)[None, :])[0]
         result.passages = [{"start": s.start, "end": s.end, **r.to_dict()}
                            for s, r in zip(spans, self.results(probs))]
         result.evidence = {}
-        for j, label in enumerate(self.labels):
-            if label in result.labels:
-                hits = [i for i in np.argsort(-probs[:, j], kind="stable") if present[i, j]]
-                result.evidence[label] = [Evidence(spans[i].start, spans[i].end,
-                                                   round(float(probs[i, j]), 4)) for i in hits]
         return result
+
+    def evidence_jobs(self, text: str, spans: list[Span], probs: np.ndarray,
+                      result: TagResult) -> list[SentenceJob]:
+        """The sentences to score so that each label of result gets its evidence."""
+        return evidence_jobs(text, spans, probs, self.label_columns(result), self.thresholds)
+
+    def attach_evidence(self, result: TagResult, spans: list[Span], probs: np.ndarray,
+                        jobs: list[SentenceJob], sentence_probs: np.ndarray) -> TagResult:
+        return attach_evidence(result, self.labels, self.label_columns(result), spans, probs,
+                               jobs, sentence_probs, self.thresholds)
+
+    def add_evidence(self, result: TagResult, text: str, spans: list[Span],
+                     probs: np.ndarray) -> TagResult:
+        """Evidence sentences for every label of result, scored here (in-process)."""
+        jobs = self.evidence_jobs(text, spans, probs, result)
+        sentence_probs = self.scores([text[j.span.start:j.span.end] for j in jobs])
+        return self.attach_evidence(result, spans, probs, jobs, sentence_probs)
+
+    def label_columns(self, result: TagResult) -> list[int]:
+        return [self.labels.index(label) for label in result.labels]
 
 
 def load(version: str | None = None, models_dir: str | Path | None = None,

@@ -68,10 +68,51 @@ def test_tag_document_evidence(client):
     assert body["id"] == "doc-1" and len(body["passages"]) > 1
     for p in body["passages"]:
         assert 0 <= p["start"] < p["end"] <= len(doc)
+    assert set(body["evidence"]) == set(body["labels"])
     for label in body["labels"]:
-        assert body["evidence"][label]
-        best = body["evidence"][label][0]["score"]
-        assert best == pytest.approx(body["scores"][label], abs=1e-4)
+        hits = body["evidence"][label]
+        assert 1 <= len(hits) <= 3
+        for hit in hits:  # sentences, not passages
+            sentence = doc[hit["start"]:hit["end"]]
+            assert sentence.strip() == sentence and "\n" not in sentence and len(sentence) < 200
+
+
+def long_text_with_ai_at_the_end():
+    filler = " ".join(f"The market square filled with stalls of apples, pears and bread on day {i}."
+                      for i in range(40))
+    return filler + "\n\n" + TEXT
+
+
+def test_long_text_is_split_and_pooled_not_truncated(client):
+    """A text over the encoder's window used to be read to its first 256 word pieces only."""
+    import bentoml
+
+    from tropes.documents import document_scores
+
+    text = long_text_with_ai_at_the_end()
+    classifier = bentoml.get_current_service().holder.classifier
+    assert not classifier.fits(text)
+    body = client.post("/tag", json={"text": text}).json()
+    spans = classifier.split(text)
+    assert body["passages_pooled"] == len(spans) > 1
+    assert text[spans[-1].start:spans[-1].end] == TEXT  # the AI part at the end is read
+    expected = document_scores(classifier.probabilities([text[s.start:s.end] for s in spans]))
+    assert list(body["scores"].values()) == pytest.approx(expected.tolist(), abs=1e-4)
+    batch = client.post("/tag_batch", json={"items": [{"text": text}, {"text": TEXT}]}).json()
+    assert batch["items"][0]["scores"] == body["scores"]
+    assert batch["items"][0]["passages_pooled"] == len(spans)
+    assert "passages_pooled" not in batch["items"][1]
+
+
+def test_tag_evidence_on_request(client):
+    text = "The robot smiled. " + TEXT + " Then it rained on the fields."
+    plain = client.post("/tag", json={"text": text}).json()
+    assert "evidence" not in plain
+    body = client.post("/tag", json={"text": text, "evidence": True}).json()
+    assert body["scores"] == plain["scores"] and set(body["evidence"]) == set(body["labels"])
+    for hits in body["evidence"].values():
+        assert text[hits[0]["start"]:hits[0]["end"]] in {
+            "The robot smiled.", TEXT, "Then it rained on the fields."}
 
 
 @pytest.mark.parametrize("path, payload, status, field", [
@@ -120,9 +161,17 @@ def test_info_endpoints(client):
     assert all("threshold" in x and "definition" in x for x in labels["labels"])
     model = client.get("/model").json()
     assert model["version"] == "v1" and model["reload_error"] is None
-    page = client.get("/").text
-    assert "googletagmanager" not in page and "http" not in page.replace("http-equiv", "")
-    assert client.get("/docs.json").status_code == 200
+    for path in ("/", "/review", "/docs"):
+        page = client.get(path)
+        assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+        assert "googletagmanager" not in page.text
+        assert "http:" not in page.text and "https:" not in page.text, path  # nothing outside
+    assert "tag-button" in client.get("/").text and 'href="/docs"' in client.get("/").text
+    spec = client.get("/docs.json").json()
+    assert spec["info"]["title"] == "tropes" and "contact" not in spec["info"]
+    assert spec["info"]["version"].startswith("0.") and "v1" in spec["info"]["version"]
+    assert "BentoML" not in json.dumps(spec["info"])
+    assert {"/labels", "/model", "/tag", "/tag_document"} <= set(spec["paths"])
     assert client.get("/readyz").status_code == 200
 
 
@@ -274,3 +323,46 @@ def test_reload_is_refused_from_another_host():
     with pytest.raises(ApiError) as refused:
         check_admin(Request(scope), None)
     assert refused.value.status == 403
+
+
+def test_review_saving_is_off_by_default(client):
+    assert client.get("/review/config").json()["enabled"] is False
+    r = client.post("/review/save", json={"id": "a", "text": "t", "labels": [],
+                                          "register": "other"})
+    assert r.status_code == 404 and "TROPES_REVIEW_OUTPUT" in r.json()["error"]
+
+
+def test_review_saves_in_labels_format(client, tmp_path, monkeypatch):
+    out = tmp_path / "reviewed.jsonl"
+    monkeypatch.setenv("TROPES_REVIEW_OUTPUT", str(out))
+    config = client.get("/review/config").json()
+    assert config["enabled"] and "other" in config["registers"]
+    passage = {"id": "sug-1", "text": TEXT, "labels": ["honesty", "deception"],
+               "register": "other"}
+    assert client.post("/review/save", json=passage).status_code == 200
+    again = client.post("/review/save", json={**passage, "labels": []}).json()
+    assert again["passages"] == 1  # a second save of an id replaces its line
+    client.post("/review/save", json={**passage, "id": "sug-2"})
+    lines = [json.loads(x) for x in out.read_text().splitlines()]
+    assert lines == [{**passage, "labels": []},
+                     {**passage, "id": "sug-2", "labels": ["deception", "honesty"]}]
+    for bad, field in [({**passage, "labels": ["nope"]}, "labels[0]"),
+                       ({**passage, "labels": None}, "labels"),
+                       ({**passage, "text": " "}, "text"),
+                       ({**passage, "register": "novel"}, "register")]:
+        r = client.post("/review/save", json=bad)
+        assert r.status_code == 422 and r.json()["field"] == field
+    assert len(out.read_text().splitlines()) == 2  # refused saves wrote nothing
+
+
+def test_review_saving_is_local_only(tmp_path, monkeypatch):
+    from starlette.testclient import TestClient
+
+    from tropes.http.service import extras
+
+    monkeypatch.setenv("TROPES_REVIEW_OUTPUT", str(tmp_path / "r.jsonl"))
+    with TestClient(extras, client=("10.1.2.3", 5555)) as other:
+        assert other.get("/review/config").json()["enabled"] is False
+        r = other.post("/review/save", json={"id": "a", "text": "t", "labels": [],
+                                             "register": "other"})
+    assert r.status_code == 403 and not (tmp_path / "r.jsonl").exists()

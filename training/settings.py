@@ -64,6 +64,8 @@ class Settings:
     model_version: str | None = None  # pin the service to one version instead of LATEST
     watch_interval_s: float = 1.0
     chunk_rows: int = 256
+    # the service's review page saves reviewed passages here (labels/ format); None = off
+    review_output: Path | None = None
     limits: Limits = field(default_factory=Limits)
     # POST /admin/reload needs "Authorization: Bearer <token>" when set; unset, only a
     # loopback client naming a loopback Host with no foreign Origin may reload
@@ -110,6 +112,8 @@ def load_settings(env: dict | None = None, **overrides) -> Settings:
         model_version=env.get("TROPES_MODEL_VERSION") or None,
         watch_interval_s=_number(env, "TROPES_WATCH_INTERVAL_S", 1.0, float),
         chunk_rows=_number(env, "TROPES_CHUNK_ROWS", 256),
+        review_output=Path(env["TROPES_REVIEW_OUTPUT"]) if env.get("TROPES_REVIEW_OUTPUT")
+        else None,
         limits=limits,
         admin_token=env.get("TROPES_ADMIN_TOKEN") or None,
     )

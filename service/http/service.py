@@ -11,7 +11,7 @@ import bentoml
 from pydantic import BaseModel, Field, PlainValidator, WithJsonSchema
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, JSONResponse
+from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from ..splitter import approx_tokens
@@ -19,11 +19,13 @@ from ..text_checks import unencodable_at
 from ..training.settings import load_settings
 from ..training.taxonomy import TaxonomyError, load_taxonomy
 from .admin import check_admin
-from .batching import MicroBatcher, Overloaded
+from .batching import MicroBatcher
 from .errors import ApiError, answers_errors
 from .guard import RequestGuard
 from .holder import ModelHolder
 from .logs import quiet_client_errors
+from .page import docs_page, review_config, review_save, spec_view, static_page
+from .tagging import tag_texts
 
 _GAUGES: dict = {}
 
@@ -69,24 +71,6 @@ def check_text(text: str, field: str, limit: int) -> None:
                        field)
 
 
-async def submit(batcher: MicroBatcher, texts: list[str]):
-    try:
-        return await batcher.submit(texts)
-    except Overloaded as exc:
-        raise ApiError(503, str(exc),
-                       headers={"Retry-After": str(Overloaded.retry_after_s)}) from None
-
-
-async def docs_page(_: Request) -> HTMLResponse:
-    # Our own Swagger page from BentoML's bundled assets: no third-party script or tag.
-    return HTMLResponse("""<!doctype html><html><head><meta charset="utf-8">
-<title>tropes API</title><link rel="stylesheet" href="/static_content/swagger-ui.css">
-</head><body><div id="swagger-ui"></div>
-<script src="/static_content/swagger-ui-bundle.js"></script>
-<script>SwaggerUIBundle({url: "/docs.json", dom_id: "#swagger-ui"});</script>
-</body></html>""")
-
-
 async def labels_view(_: Request) -> JSONResponse:
     svc = bentoml.get_current_service()
     classifier = svc.holder.classifier
@@ -112,7 +96,12 @@ async def reload_view(request: Request) -> JSONResponse:
 
 
 extras = Starlette(routes=[
-    Route("/", docs_page),
+    Route("/", static_page("index.html")),
+    Route("/review", static_page("review.html")),
+    Route("/review/config", review_config),
+    Route("/review/save", review_save, methods=["POST"]),
+    Route("/docs", docs_page),
+    Route("/docs.json", spec_view),
     Route("/labels", labels_view),
     Route("/model", model_view),
     Route("/admin/reload", reload_view, methods=["POST"]),
@@ -145,16 +134,20 @@ class Tropes:
 
     @bentoml.api(route="/tag")
     @answers_errors
-    async def tag(self, text: str) -> dict:
-        """Tag one passage: labels, per-label probabilities and the portrayal."""
+    async def tag(self, text: str, evidence: bool = False) -> dict:
+        """Tag one passage: labels, per-label probabilities and the portrayal. A text longer
+        than the encoder's window is split and pooled like a document (`passages_pooled`
+        says into how many passages); `evidence: true` adds the sentences behind each label."""
         check_text(text, "text", self.limits.max_text_chars)
-        classifier, probs = await submit(self.batcher, [text])
-        return {**classifier.results(probs)[0].to_dict(), "model": classifier.version}
+        classifier, results = await tag_texts(self.holder, self.batcher, [text],
+                                              evidence=evidence)
+        return {**results[0].to_dict(), "model": classifier.version}
 
     @bentoml.api(route="/tag_batch")
     @answers_errors
-    async def tag_batch(self, items: list[BatchItem]) -> dict:
-        """Tag up to 1,000 passages; answers in order, echoing each item's id."""
+    async def tag_batch(self, items: list[BatchItem], evidence: bool = False) -> dict:
+        """Tag up to 1,000 passages; answers in order, echoing each item's id. Long texts
+        are split and pooled as in /tag."""
         limit = self.limits.max_batch_items
         if not items:
             raise ApiError(422, "'items' is empty", "items")
@@ -163,27 +156,24 @@ class Tropes:
                            "items")
         for i, item in enumerate(items):
             check_text(item.text, f"items[{i}].text", self.limits.max_text_chars)
-        classifier, probs = await submit(self.batcher, [item.text for item in items])
-        results = classifier.results(probs)
+        classifier, results = await tag_texts(self.holder, self.batcher,
+                                              [item.text for item in items], evidence=evidence)
         return {"model": classifier.version,
                 "items": [{"id": item.id, **r.to_dict()} for item, r in zip(items, results)]}
 
     @bentoml.api(route="/tag_document")
     @answers_errors
-    async def tag_document(self, text: str, id: ItemId = None) -> dict:
-        """Tag a long document: split into passages, max over passages, evidence spans."""
+    async def tag_document(self, text: str, id: ItemId = None, evidence: bool = True) -> dict:
+        """Tag a long document: split at paragraphs and sentences, label by the
+        length-corrected max over passages, evidence sentences per label."""
         check_text(text, "text", self.limits.max_document_chars)
         cap = self.limits.max_document_passages
         if (least := approx_tokens(text) // self.holder.classifier.window) > cap:
             raise ApiError(413, f"'text' needs about {least:,} passages or more; the limit is "
                            f"{cap:,}: send it in parts", "text")
-        spans = await asyncio.to_thread(self.holder.classifier.split, text)
-        if len(spans) > cap:
-            raise ApiError(413, f"'text' splits into {len(spans):,} passages; the limit is "
-                           f"{cap:,}: send it in parts", "text")
-        classifier, probs = await submit(self.batcher, [text[s.start:s.end] for s in spans])
-        return {"id": id, **classifier.document_result(spans, probs).to_dict(),
-                "model": classifier.version}
+        classifier, results = await tag_texts(self.holder, self.batcher, [text],
+                                              documents=True, evidence=evidence)
+        return {"id": id, **results[0].to_dict(), "model": classifier.version}
 
 
 Tropes.add_asgi_middleware(RequestGuard)

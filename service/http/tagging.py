@@ -1,0 +1,64 @@
+"""The service's tagging flows over the micro-batcher: texts that fit the encoder's window
+are one passage; longer ones are split and pooled like documents (never cut short), and
+evidence sentences are scored in a second batched call. The same rules as the in-process
+Classifier.tag / tag_documents (tropes.documents), so every entry point answers alike."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+
+from ..classifier import Classifier
+from ..result import TagResult
+from ..splitter import Span
+from .batching import MicroBatcher, Overloaded
+from .errors import ApiError
+from .holder import ModelHolder
+
+
+async def submit(batcher: MicroBatcher, texts: list[str]):
+    try:
+        return await batcher.submit(texts)
+    except Overloaded as exc:
+        raise ApiError(503, str(exc),
+                       headers={"Retry-After": str(Overloaded.retry_after_s)}) from None
+
+
+async def tag_texts(holder: ModelHolder, batcher: MicroBatcher, texts: list[str],
+                    documents: bool = False, evidence: bool = False
+                    ) -> tuple[Classifier, list[TagResult]]:
+    """Results for texts (passages, or documents with their passage lists), one encoder
+    call for all their passages and one more for the evidence sentences."""
+    splitter = holder.classifier  # splitting depends on the encoder only, not the version
+    split = splitter.split if documents else splitter.passages_of
+    plans: list[list[Span]] = await asyncio.to_thread(lambda: [split(t) for t in texts])
+    pieces = [t[s.start:s.end] for t, spans in zip(texts, plans) for s in spans]
+    classifier, probs = await submit(batcher, pieces)
+    parts, k = [], 0
+    for spans in plans:
+        parts.append(probs[k:k + len(spans)])
+        k += len(spans)
+    build = classifier.document_result if documents else classifier.pooled_result
+    results = [build(spans, part) for spans, part in zip(plans, parts)]
+    if evidence:
+        await add_evidence(classifier, batcher, texts, plans, parts, results)
+    return classifier, results
+
+
+async def add_evidence(classifier: Classifier, batcher: MicroBatcher, texts: list[str],
+                       plans: list[list[Span]], parts: list[np.ndarray],
+                       results: list[TagResult]) -> None:
+    jobs = [classifier.evidence_jobs(t, spans, part, r)
+            for t, spans, part, r in zip(texts, plans, parts, results)]
+    sentences = [t[j.span.start:j.span.end] for t, doc in zip(texts, jobs) for j in doc]
+    sentence_probs = classifier.scores([])
+    if sentences:
+        used, sentence_probs = await submit(batcher, sentences)
+        if used.version != classifier.version:  # the model was swapped in between
+            sentence_probs = await asyncio.to_thread(classifier.scores, sentences)
+    k = 0
+    for spans, part, doc_jobs, result in zip(plans, parts, jobs, results):
+        classifier.attach_evidence(result, spans, part, doc_jobs,
+                                   sentence_probs[k:k + len(doc_jobs)])
+        k += len(doc_jobs)
