@@ -32,7 +32,7 @@ def test_model_has_group_scores_and_every_label_passes_its_gate(hashing_workspac
     texts = [p.text for p in read_labels(hashing_workspace.labels_dir).split("test")]
     classifier = Classifier(model, HashingEncoder())
     scores = classifier.scores(texts)
-    for result, row in zip(classifier.tag(texts), scores):
+    for result, row in zip(classifier.results(scores), scores):
         assert set(result.group_scores) == {"misaligned", "aligned"}
         assert result.group_scores["misaligned"] == pytest.approx(row[len(model.labels)],
                                                                   abs=1e-4)
