@@ -64,13 +64,17 @@ class Classifier:
         """Tag passages: labels, probabilities and the portrayal of each. A text longer than
         the encoder's window is split and pooled like a document (never cut short); its
         result says how many passages it was read as (`passages_pooled`)."""
-        plans = [self.passages_of(t) for t in texts]
+        return self._tag_spans(texts, [self.passages_of(t) for t in texts],
+                               self.pooled_result, evidence)
+
+    def _tag_spans(self, texts, plans, result_of, evidence: bool) -> list[TagResult]:
+        """One encoder call for every span of every text, then one result per text."""
         probs = self.scores([t[s.start:s.end] for t, p in zip(texts, plans) for s in p])
         results, k = [], 0
         for text, spans in zip(texts, plans):
             part = probs[k:k + len(spans)]
             k += len(spans)
-            result = self.pooled_result(spans, part)
+            result = result_of(spans, part)
             if evidence:
                 self.add_evidence(result, text, spans, part)
             results.append(result)
@@ -92,17 +96,8 @@ class Classifier:
     def tag_documents(self, texts: list[str], evidence: bool = True) -> list[TagResult]:
         """Each document: split, tag every passage (one encoder call for all), aggregate,
         then score the sentences of flagged passages for evidence (one more call)."""
-        spans = [self.split(t) for t in texts]
-        probs = self.scores([t[s.start:s.end] for t, doc in zip(texts, spans) for s in doc])
-        out, k = [], 0
-        for text, doc in zip(texts, spans):
-            part = probs[k:k + len(doc)]
-            k += len(doc)
-            result = self.document_result(doc, part)
-            if evidence:
-                self.add_evidence(result, text, doc, part)
-            out.append(result)
-        return out
+        return self._tag_spans(texts, [self.split(t) for t in texts], self.document_result,
+                               evidence)
 
     def pooled_result(self, spans: list[Span], probs: np.ndarray) -> TagResult:
         """One passage's result, or for a text read as several passages, the document

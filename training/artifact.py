@@ -98,8 +98,13 @@ def check_version_name(version: str) -> str:
     return version
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+def file_sha256(path: Path) -> str:
+    """sha256 of a file, read in blocks (encoder weights are 45-90 MB)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def write_model(models_dir: Path, model: Model,
@@ -133,7 +138,7 @@ def write_model(models_dir: Path, model: Model,
             ],
             "gate": model.gate,
             "threshold_profile": model.default_profile,
-            "files": {"weights.npz": _sha256(tmp / "weights.npz")},
+            "files": {"weights.npz": file_sha256(tmp / "weights.npz")},
         })
         (tmp / "model.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
         if extra is not None:
@@ -203,7 +208,7 @@ def _load_checked(models_dir: Path, version: str | None) -> Model:
     if isinstance(meta, dict) and meta.get("version") == version:
         check_meta(meta, version)  # first: its messages name the exact field
     record = ModelRecord.parse(meta, version)
-    if record.weights_sha256 != _sha256(folder / "weights.npz"):
+    if record.weights_sha256 != file_sha256(folder / "weights.npz"):
         raise ArtifactError(f"model {version}: weights.npz does not match its recorded sha256 "
                             "(truncated or modified)")
     try:

@@ -56,12 +56,10 @@ def resolve_precision(precision: str) -> str:
 
 
 @lru_cache(maxsize=4)
-def _file_sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+def _cached_file_sha256(path: str) -> str:
+    from .artifact import file_sha256
+
+    return file_sha256(Path(path))
 
 
 class MiniLMEncoder:
@@ -112,7 +110,7 @@ class MiniLMEncoder:
         if self.finetuned is not None:
             return self.finetuned["weights_sha256"]
         files = sorted(self.path.glob("*.safetensors")) or sorted(self.path.glob("*.bin"))
-        return _file_sha256(str(files[0])) if files else "unknown"
+        return _cached_file_sha256(str(files[0])) if files else "unknown"
 
     def describe(self) -> dict:
         from importlib.metadata import version

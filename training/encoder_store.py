@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .artifact import ArtifactError
+from .artifact import ArtifactError, file_sha256
 
 ENCODER_FORMAT_VERSION = 1
 ENCODERS_DIR = "encoders"
@@ -41,14 +41,6 @@ def text_sha256(text: str) -> str:
 def held_out_of_finetuning(text: str) -> bool:
     """Stable by content: adding passages never moves an old one across the line."""
     return int(text_sha256(text)[:8], 16) % VALIDATION_SHARE == 0
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def encoder_dir(models_dir: Path, version: str) -> Path:

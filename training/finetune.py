@@ -144,7 +144,7 @@ def finetune_encoder(labels, models_dir, version: str, config: FinetuneConfig | 
     fit = [i for i, t in enumerate(texts) if not held_out_of_finetuning(t)]
     model = base_sentence_transformer(device)
     base_files = sorted(Path(model_path()).glob("*.safetensors"))
-    from .encoder_store import file_sha256
+    from .artifact import file_sha256
 
     finetune_body(model, [texts[i] for i in fit], targets[fit], config, use_bf16=use_bf16,
                   device=device, progress=progress)
