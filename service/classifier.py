@@ -36,6 +36,11 @@ class Classifier:
     def version(self) -> str:
         return self.model.version
 
+    @property
+    def has_group_scores(self) -> bool:
+        """Whether results carry the misaligned/aligned group scores."""
+        return bool(self.model.group_ids)
+
     def scores(self, texts: list[str]) -> np.ndarray:
         """The head's calibrated scores: one column per label, then one per group."""
         if not texts:

@@ -197,7 +197,8 @@ def eval_command(ctx, version, threshold_profile, as_json):
 @main.command()
 @click.argument("source", metavar="IN")
 @click.option("--output", "-o", required=True,
-              help="output file (.jsonl or .parquet), folder (for a folder of shards), or -")
+              help="output file (.jsonl, .jsonl.gz, .jsonl.zst or .parquet), folder (for a "
+                   "folder of shards), or -")
 @click.option("--text-field", default="text", show_default=True)
 @click.option("--id-field", default=None, help="field named in error messages")
 @click.option("--model", "version", default=None, help="model version (default LATEST)")
@@ -216,29 +217,50 @@ def eval_command(ctx, version, threshold_profile, as_json):
               show_default=True, help="ray: Ray Data on RAY_ADDRESS or a local cluster")
 @click.option("--ray-actors", type=int, default=None, help="actor pool size (ray engine)")
 @click.option("--ray-cpus-per-actor", type=int, default=None, help="CPUs per actor (ray)")
+@click.option("--keep", multiple=True, metavar="EXPR",
+              help="write only rows where EXPR holds, e.g. 'misaligned<0.2' (repeatable; "
+                   "all must hold)")
+@click.option("--drop", multiple=True, metavar="EXPR",
+              help="leave out rows where EXPR holds, e.g. 'deception>=0.5,aligned<0.5'")
+@click.option("--weight", is_flag=True,
+              help="add weight = max(floor, 1 - P(misaligned)) for down-weighting")
+@click.option("--weight-floor", type=float, default=0.1, show_default=True,
+              help="the lowest weight --weight gives")
+@click.option("--compression", type=click.Choice(["none", "gzip", "zstd", "snappy", "lz4",
+                                                   "brotli"]), default=None,
+              help="output compression (default: each shard's own; Parquet: snappy)")
+@click.option("--output-format", type=click.Choice(["jsonl", "parquet"]), default=None,
+              help="folder output: write every shard as this (default: each shard's own)")
 @click.pass_context
 def score(ctx, source, output, text_field, id_field, version, threshold_profile, documents,
-          on_error, resume, overwrite, quiet, url, engine, ray_actors, ray_cpus_per_actor):
+          on_error, resume, overwrite, quiet, url, engine, ray_actors, ray_cpus_per_actor,
+          keep, drop, weight, weight_floor, compression, output_format):
     """Score rows of JSONL or Parquet (IN: a file, a folder of shards, or - for stdin).
     Every other field passes through; a `tropes` object is added to each row."""
     from .bulk.loop import ScoreOptions, score_path
     from .bulk.preflight import check_paths
     from .bulk.remote import RemoteTagger
+    from .bulk.select import check_weight_floor
 
     settings = _settings(ctx)
     options = ScoreOptions(text_field=text_field, id_field=id_field, on_error=on_error,
                            resume=resume, overwrite=overwrite, progress=not quiet,
                            documents=documents, chunk_rows=settings.chunk_rows,
-                           threshold_profile=threshold_profile)
+                           threshold_profile=threshold_profile, compression=compression,
+                           output_format=output_format, weight=weight,
+                           weight_floor=check_weight_floor(weight_floor))
     check_paths(source, output, options)  # before the model loads: fail in a second
+    if (keep or drop or weight) and not url:  # names checked against model.json, before load
+        options = _with_selection(options, _model_shape(settings, version), keep, drop)
     if engine == "ray":
         from .bulk.ray_engine import score_with_ray
 
-        if url or resume:
-            raise Failure("--engine ray does not take --url or --resume")
+        if url:
+            raise Failure("--engine ray does not take --url")
         stats = score_with_ray(settings, source, output, options, version,
                                threshold_profile, ray_actors, ray_cpus_per_actor)
-        click.echo(f"scored {stats.scored} row(s) on Ray into {output}", err=True)
+        click.echo(f"scored {stats.scored} row(s) on Ray into {output}, {_counts(stats)}",
+                   err=True)
         return
     if url:
         if documents or version or threshold_profile:
@@ -246,19 +268,44 @@ def score(ctx, source, output, text_field, id_field, version, threshold_profile,
                           "drop --documents/--model/--threshold-profile")
         tag = RemoteTagger(url)
         labels = tag.labels()
-        options = replace(options, model_version=tag.version)
+        options = replace(options, model_version=tag.version,
+                          group_scores=tag.has_group_scores)
+        if keep or drop or weight:
+            options = _with_selection(options, (labels, tag.groups), keep, drop)
     else:
         classifier = _load_classifier(ctx, version, threshold_profile)
         tag = classifier.tag_documents if documents else classifier.tag
         labels = classifier.labels
-        options = replace(options, model_version=classifier.version)
+        options = replace(options, model_version=classifier.version,
+                          group_scores=classifier.has_group_scores)
     try:
         stats = score_path(tag, labels, source, output, options)
     finally:
         if url:
             tag.close()
     used = tag.version if url else classifier.version
-    click.echo(f"scored {stats.scored} row(s), skipped {stats.skipped}, model {used}", err=True)
+    click.echo(f"scored {stats.scored} row(s), {_counts(stats)}, model {used}", err=True)
+
+
+def _counts(stats) -> str:
+    text = f"skipped {stats.skipped}"
+    return text + (f", dropped {stats.dropped} by --keep/--drop" if stats.dropped else "")
+
+
+def _model_shape(settings, version) -> tuple[list[str], dict[str, str]]:
+    """The labels and their groups of the model that will score, read from model.json."""
+    from .training.artifact import load_model
+
+    model = load_model(settings.models_dir, version or settings.model_version)
+    return list(model.labels), dict(zip(model.labels, model.groups))
+
+
+def _with_selection(options, shape, keep, drop):
+    from .bulk.select import RowSelector
+
+    labels, groups = shape
+    return replace(options, label_groups=dict(groups),
+                   selector=RowSelector.build(list(keep), list(drop), labels, dict(groups)))
 
 
 # --- profile / suggest ---------------------------------------------------------------------

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .bulk.rows import ScoreError, file_format, list_shards
+from .bulk.rows import ScoreError
+from .bulk.sources import lines_of, list_shards
 from .result import is_tropes_object
 from .training.errors import TropesError
 from .training.taxonomy import PORTRAYALS
@@ -27,29 +28,35 @@ class ProfileError(TropesError):
 
 
 def iter_scored(path: Path) -> Iterator[tuple[str, dict]]:
-    """(where, record) for every row of a scored file or folder of shards."""
+    """(where, record) for every row of a scored file or folder of shards, compressed or
+    not, local or an fsspec URL."""
     try:
-        files = list_shards(Path(path))
+        shards = list_shards(str(path))
+        for shard in shards:
+            yield from _shard_records(shard)
     except ScoreError as exc:
         raise ProfileError(str(exc)) from None
-    for file in files:
-        if file_format(file) == "parquet":
-            import pyarrow.parquet as pq
 
-            n = 0
-            for batch in pq.ParquetFile(file).iter_batches(batch_size=2048):
+
+def _shard_records(shard) -> Iterator[tuple[str, dict]]:
+    if shard.format == "parquet":
+        import pyarrow.parquet as pq
+
+        n = 0
+        with shard.open_raw() as raw:
+            for batch in pq.ParquetFile(raw).iter_batches(batch_size=2048):
                 for record in batch.to_pylist():
                     n += 1
-                    yield f"{file}:row {n}", record
-        else:
-            with open(file, encoding="utf-8") as handle:
-                for number, line in enumerate(handle, 1):
-                    if line.strip():
-                        try:
-                            yield f"{file}:{number}", json.loads(line)
-                        except json.JSONDecodeError as exc:
-                            raise ProfileError(f"{file}:{number}: invalid JSON: {exc.msg}") \
-                                from None
+                    yield f"{shard.where}:row {n}", record
+        return
+    with shard.open_lines() as handle:
+        for number, line in enumerate(lines_of(handle, shard.where), 1):
+            if line.strip():
+                try:
+                    yield f"{shard.where}:{number}", json.loads(line)
+                except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+                    why = exc.msg if isinstance(exc, json.JSONDecodeError) else "invalid UTF-8"
+                    raise ProfileError(f"{shard.where}:{number}: invalid JSON: {why}") from None
 
 
 def tropes_of(where: str, record) -> dict:

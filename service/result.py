@@ -6,6 +6,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 GROUP_SCORES = ("misaligned", "aligned")  # calibrated P(any label of the group applies)
+# optional fields of a tropes object beside labels/scores/portrayal, in every shape:
+# passages_pooled (a long text read as N passages), weight (`tropes score --weight`)
+EXTRA_FIELDS = ("passages_pooled", "weight")
+# Parquet output repeats the scores as top-level columns so query engines filter without
+# unnesting: tropes_<label>, tropes_misaligned, tropes_aligned, tropes_portrayal, tropes_weight
+FLAT_PREFIX = "tropes_"
 
 
 @dataclass
@@ -51,7 +57,7 @@ class TagResult:
         return cls(labels=list(data["labels"]), scores=dict(data["scores"]),
                    portrayal=data["portrayal"], group_scores=groups or None,
                    passages=data.get("passages"),
-                   extra={k: data[k] for k in ("passages_pooled",) if k in data},
+                   extra={k: data[k] for k in EXTRA_FIELDS if k in data},
                    evidence=None if evidence is None else {
                        k: [Evidence(**e) for e in v] for k, v in dict(evidence).items()})
 
@@ -60,6 +66,7 @@ class TagResult:
         out = {"labels": self.labels, "scores": self.scores, "portrayal": self.portrayal}
         if self.group_scores is not None:
             out.update(self.group_scores)
+        out.update({k: self.extra.get(k) for k in EXTRA_FIELDS})
         if documents:
             out["passages"] = [{"start": p["start"], "end": p["end"]}
                                for p in self.passages or []]
@@ -81,9 +88,33 @@ def arrow_type(labels: list[str], documents: bool, groups: bool = False):
               ("portrayal", pa.string())]
     if groups:
         fields += [(g, pa.float64()) for g in GROUP_SCORES]
+    fields += [("passages_pooled", pa.int64()), ("weight", pa.float64())]
     if documents:
         span = pa.struct([("start", pa.int64()), ("end", pa.int64())])
         hit = pa.struct([("start", pa.int64()), ("end", pa.int64()), ("score", pa.float64())])
         fields += [("passages", pa.list_(span)),
                    ("evidence", pa.map_(pa.string(), pa.list_(hit)))]
     return pa.struct(fields)
+
+
+def flat_fields(labels: list[str], groups: bool, weight: bool):
+    """The Arrow fields of the flat columns, in column order."""
+    import pyarrow as pa
+
+    names = [lb for lb in labels] + (list(GROUP_SCORES) if groups else [])
+    out = [pa.field(FLAT_PREFIX + n, pa.float64()) for n in names]
+    out.append(pa.field(FLAT_PREFIX + "portrayal", pa.string()))
+    if weight:
+        out.append(pa.field(FLAT_PREFIX + "weight", pa.float64()))
+    return out
+
+
+def flat_columns(result: TagResult, labels: list[str], groups: bool, weight: bool) -> dict:
+    """One row's values for `flat_fields`."""
+    out = {FLAT_PREFIX + lb: result.scores.get(lb) for lb in labels}
+    if groups:
+        out.update({FLAT_PREFIX + g: (result.group_scores or {}).get(g) for g in GROUP_SCORES})
+    out[FLAT_PREFIX + "portrayal"] = result.portrayal
+    if weight:
+        out[FLAT_PREFIX + "weight"] = result.extra.get("weight")
+    return out

@@ -5,31 +5,44 @@ JSONL input (a file or stdin) is fingerprinted by a SHA-256 of the lines already
 rows after the checkpoint may be fixed by hand (the advice a failed row gives) without
 refusing the resume, but any change to what was already scored is caught. Parquet input,
 which is not edited in place, is fingerprinted by path, size, modification time and row
-count."""
+count. The output's format and compression, the row selection and the weight rule are
+options too: rows before and after the checkpoint must agree on them."""
 
 from __future__ import annotations
 
 import hashlib
-import os
 from pathlib import Path
 
-from .rows import ScoreError, file_format
+from .rows import ScoreError
 
 # the options whose change would make rows before and after the checkpoint disagree
-COMPARED = ("input", "model", "threshold_profile", "text_field", "documents")
+COMPARED = ("input", "model", "threshold_profile", "text_field", "documents", "output",
+            "keep", "drop", "weight")
 
 
-def run_fingerprint(source: str, options) -> dict:
+def run_fingerprint(shard, plan, options) -> dict:
     """Everything except the content hash, which grows as rows are read (HashedLines)."""
-    out = {"input": "<stdin>" if source == "-" else str(Path(source).resolve()),
+    if shard is None:
+        source = "<stdin>"
+    else:
+        source = str(Path(shard.local_path).resolve()) if shard.local_path else shard.where
+    selector = options.selector
+    out = {"input": source,
            "model": options.model_version, "threshold_profile": options.threshold_profile,
-           "text_field": options.text_field, "documents": options.documents}
-    if source != "-" and file_format(source) == "parquet":
+           "text_field": options.text_field, "documents": options.documents,
+           "output": [plan.format, plan.compression],
+           "keep": list(selector.expressions[0]) if selector else [],
+           "drop": list(selector.expressions[1]) if selector else [],
+           "weight": options.weight_floor if options.weight else None}
+    if shard is not None and shard.format == "parquet":
         import pyarrow.parquet as pq
 
-        stat = os.stat(source)
-        out["parquet"] = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns,
-                          "rows": pq.ParquetFile(source).metadata.num_rows}
+        try:
+            with shard.open_raw() as raw:
+                rows = pq.ParquetFile(raw).metadata.num_rows
+        except (OSError, ValueError) as exc:  # ArrowInvalid is a ValueError
+            raise ScoreError(f"cannot read {shard.where} as Parquet: {exc}") from None
+        out["parquet"] = {**shard.info(), "rows": rows}
     return out
 
 

@@ -15,8 +15,22 @@ from pathlib import Path
 from ..result import TagResult
 from .fingerprint import HashedLines, check_resume, check_scored_rows, run_fingerprint
 from .lock import OutputLock
-from .rows import Row, ScoreError, count_rows, file_format, jsonl_rows, list_shards, parquet_rows
+from .rows import Row, ScoreError, jsonl_rows, parquet_rows
+from .select import RowSelector, weight_of
 from .sinks import JsonlSink, ParquetSink, write_failed
+from .sources import (
+    Shard,
+    ShardName,
+    count_rows,
+    decompressed,
+    is_folder,
+    is_url,
+    lines_of,
+    list_shards,
+)
+
+JSONL_CODECS = ("gzip", "zstd")
+PARQUET_CODECS = ("none", "gzip", "zstd", "snappy", "lz4", "brotli")
 
 
 @dataclass
@@ -24,6 +38,7 @@ class ScoreStats:
     rows: int = 0
     scored: int = 0
     skipped: int = 0
+    dropped: int = 0  # scored, then left out by --keep/--drop
     shards: int = 0
     errors: list[str] = field(default_factory=list)
 
@@ -66,6 +81,83 @@ class ScoreOptions:
     group_scores: bool = False  # the model has misaligned/aligned scores (Parquet columns)
     model_version: str | None = None  # named in every row and the checkpoint's fingerprint
     threshold_profile: str | None = None
+    compression: str | None = None  # None: keep each shard's; "none" or a codec
+    output_format: str | None = None  # None: OUT's name, or each shard's own format
+    selector: RowSelector | None = None
+    weight: bool = False
+    weight_floor: float = 0.1
+    label_groups: dict[str, str] = field(default_factory=dict)  # label id -> its group
+
+
+@dataclass(frozen=True)
+class OutputPlan:
+    format: str  # "jsonl" or "parquet"
+    compression: str | None  # JSONL: "gzip", "zstd" or None; Parquet: its codec or None
+
+
+def jsonl_codec(compression: str | None, where: str) -> str | None:
+    if compression in (None, "none"):
+        return None
+    if compression not in JSONL_CODECS:
+        raise ScoreError(f"--compression {compression} is a Parquet codec; JSONL output "
+                         f"({where}) takes gzip, zstd or none")
+    return compression
+
+
+def file_plan(output: str, options: ScoreOptions) -> OutputPlan:
+    """A single output file: its name decides format and compression; --compression must
+    agree with the name, so a `.jsonl` file never holds zstd bytes."""
+    if output == "-":
+        if options.output_format == "parquet":
+            raise ScoreError("Parquet output needs a file name, not stdout")
+        return OutputPlan("jsonl", jsonl_codec(options.compression, "stdout"))
+    name = ShardName.parse(Path(output).name)
+    fmt = name.format or "jsonl"
+    if options.output_format and options.output_format != fmt:
+        raise ScoreError(f"--output-format {options.output_format} disagrees with the output "
+                         f"name {output}; name it {name.renamed(options.output_format, None)}")
+    if fmt == "parquet":
+        return OutputPlan("parquet", options.compression)
+    wanted = jsonl_codec(options.compression, output)
+    if options.compression is not None and wanted != name.compression:
+        raise ScoreError(f"--compression {options.compression} disagrees with the output name "
+                         f"{output}; name it {name.renamed('jsonl', wanted)}")
+    return OutputPlan("jsonl", name.compression)
+
+
+def shard_plan(shard: Shard, options: ScoreOptions) -> tuple[str, OutputPlan]:
+    """A shard's output name and plan: its own format and compression unless told."""
+    name = ShardName.parse(shard.name)
+    fmt = options.output_format or shard.format
+    if fmt == "parquet":
+        return name.renamed("parquet", None), OutputPlan("parquet", options.compression)
+    codec = name.compression if options.compression is None else \
+        jsonl_codec(options.compression, shard.where)
+    return name.renamed("jsonl", codec), OutputPlan("jsonl", codec)
+
+
+def folder_outputs(shards: list[Shard], out_dir: Path, options: ScoreOptions):
+    """(shard, output path, plan) for each shard; two shards that would write one output
+    name (a.jsonl and a.jsonl.gz into zstd) are refused before anything is scored."""
+    planned, seen = [], {}
+    for shard in shards:
+        name, plan = shard_plan(shard, options)
+        if name in seen:
+            raise ScoreError(f"{seen[name]} and {shard.where} would both be written to "
+                             f"{out_dir / name}; score them separately")
+        seen[name] = shard.where
+        planned.append((shard, out_dir / name, plan))
+    return planned
+
+
+def local_output(output: str) -> str:
+    """Outputs are local files (locks, checkpoints and renames need a real file system)."""
+    if output.startswith("file://"):
+        return output[len("file://"):]
+    if is_url(output):
+        raise ScoreError(f"cannot write to {output}: write to a local path, then copy the "
+                         "finished output (inputs may be URLs, outputs may not)")
+    return output
 
 
 Tagger = Callable[[list[str]], list[TagResult]]
@@ -75,27 +167,36 @@ def score_path(tag: Tagger, labels: list[str], source: str, output: str,
                options: ScoreOptions) -> ScoreStats:
     """Score a file, a folder of shards (into a folder), or '-' (stdin, JSONL)."""
     stats = ScoreStats()
-    src = None if source == "-" else Path(source)
-    if src is not None and src.is_dir():
+    output = local_output(output)
+    if is_folder(source):
         if output == "-":
             raise ScoreError("a folder of shards needs an output folder, not stdout")
-        shards = list_shards(src)
+        shards = list_shards(source)
         out_dir = Path(output)
         if out_dir.exists() and not out_dir.is_dir():
             raise ScoreError(f"output {output} is a file; a folder of shards needs a folder")
+        planned = folder_outputs(shards, out_dir, options)
         out_dir.mkdir(parents=True, exist_ok=True)
-        for shard in shards:
-            final = out_dir / shard.name
+        for shard, final, plan in planned:
             if options.resume and final.exists() and Checkpoint(final).read() is None:
                 continue  # finished in an earlier run
-            score_file(tag, labels, str(shard), str(final), options, stats)
+            score_shard(tag, labels, shard, final, plan, options, stats)
             stats.shards += 1
         return stats
-    if src is not None:
-        list_shards(src)  # a clear error for a missing input
-    score_file(tag, labels, source, output, options, stats)
+    shard = None if source == "-" else list_shards(source)[0]
+    final = None if output == "-" else Path(output)
+    score_shard(tag, labels, shard, final, file_plan(output, options), options, stats)
     stats.shards = 1
     return stats
+
+
+def score_file(tag: Tagger, labels: list[str], source: str, output: str,
+               options: ScoreOptions, stats: ScoreStats) -> None:
+    """One input file (or '-') into one output file (or '-')."""
+    output = local_output(output)
+    shard = None if source == "-" else list_shards(source)[0]
+    score_shard(tag, labels, shard, None if output == "-" else Path(output),
+                file_plan(output, options), options, stats)
 
 
 def _resume_state(final: Path | None, partial: Path | None, checkpoint, options):
@@ -115,23 +216,28 @@ def _resume_state(final: Path | None, partial: Path | None, checkpoint, options)
     return saved, False
 
 
-def _open_rows(source: str, text_field: str, start: int):
+def _open_rows(shard: Shard | None, text_field: str, start: int):
     """(rows, total rows or None, open handle or None, Parquet input schema or None,
     the hashed line reader of JSONL input or None)."""
-    if source == "-":
-        lines = HashedLines(sys.stdin.buffer, start)
+    if shard is None:
+        plain = decompressed(sys.stdin.buffer, "<stdin>")
+        lines = HashedLines(lines_of(plain, "<stdin>"), start)
         return jsonl_rows(lines, "<stdin>", text_field, start), None, None, None, lines
-    if file_format(source) == "parquet":
+    if shard.format == "parquet":
+        import pyarrow as pa
         import pyarrow.parquet as pq
 
-        return (parquet_rows(Path(source), text_field, start), count_rows(Path(source)), None,
-                pq.read_schema(source), None)
-    try:
-        handle = open(source, "rb")
-    except OSError as exc:
-        raise ScoreError(f"cannot read {source}: {exc.strerror}") from None
-    lines = HashedLines(handle, start)
-    return (jsonl_rows(lines, source, text_field, start), count_rows(Path(source)), handle,
+        handle = shard.open_raw()
+        try:
+            schema = pq.ParquetFile(handle).schema_arrow
+        except (pa.ArrowException, OSError, ValueError) as exc:
+            handle.close()
+            raise ScoreError(f"cannot read {shard.where} as Parquet: {exc}") from None
+        return (parquet_rows(handle, shard.where, text_field, start), count_rows(shard),
+                handle, schema, None)
+    handle = shard.open_lines()
+    lines = HashedLines(lines_of(handle, shard.where), start)
+    return (jsonl_rows(lines, shard.where, text_field, start), count_rows(shard), handle,
             None, lines)
 
 
@@ -161,27 +267,48 @@ def _discard(partial: Path, checkpoint) -> None:
     checkpoint.remove()
 
 
-def score_file(tag, labels, source: str, output: str, options: ScoreOptions,
-               stats: ScoreStats) -> None:
-    final = None if output == "-" else Path(output)
-    if final is not None and source != "-" and Path(source).resolve() == final.resolve():
-        raise ScoreError(f"output {output} is the input file; choose another name")
+def score_shard(tag, labels, shard: Shard | None, final: Path | None, plan: OutputPlan,
+                options: ScoreOptions, stats: ScoreStats) -> None:
+    """One shard (None: stdin) into one output file (None: stdout)."""
+    if final is not None and shard is not None and shard.local_path is not None and \
+            Path(shard.local_path).resolve() == final.resolve():
+        raise ScoreError(f"output {final} is the input file; choose another name")
     if final is None:
-        return _score_file_locked(tag, labels, source, final, options, stats)
+        return _score_locked(tag, labels, shard, final, plan, options, stats)
     with OutputLock(final):  # held until OUT is complete: a second run is refused
-        return _score_file_locked(tag, labels, source, final, options, stats)
+        return _score_locked(tag, labels, shard, final, plan, options, stats)
 
 
-def _tag_chunk(tag, good: list[Row], options: ScoreOptions) -> list[TagResult]:
+def _tag_chunk(tag, good: list[Row], options: ScoreOptions):
+    """(rows to write, their results, rows dropped by the selection)."""
     results = tag([row.record[options.text_field] for row in good])
-    if options.model_version:
-        for result in results:  # a remote tagger already named the model that answered
+    for result in results:
+        if options.model_version:  # a remote tagger already named the model that answered
             result.extra.setdefault("model", options.model_version)
-    return results
+        if options.weight:
+            result.extra["weight"] = weight_of(result, options.label_groups,
+                                               options.weight_floor)
+    if options.selector is None:
+        return good, results, 0
+    kept = [(row, result) for row, result in zip(good, results)
+            if options.selector.wants(result)]
+    return [r for r, _ in kept], [t for _, t in kept], len(good) - len(kept)
 
 
-def _score_file_locked(tag, labels, source: str, final: Path | None, options: ScoreOptions,
-                       stats: ScoreStats) -> None:
+def _score_chunk(tag, chunk: list[Row], sink, options: ScoreOptions, partial, done: int,
+                 stats: ScoreStats) -> None:
+    good = _good_rows(chunk, options, partial, done, stats)
+    if good:
+        kept, results, dropped = _tag_chunk(tag, good, options)
+        stats.dropped += dropped
+        if kept:
+            sink.write(kept, results)
+    stats.rows += len(chunk)
+    stats.scored += len(good)
+
+
+def _score_locked(tag, labels, shard: Shard | None, final: Path | None, plan: OutputPlan,
+                  options: ScoreOptions, stats: ScoreStats) -> None:
     from tqdm import tqdm
 
     partial = None if final is None else final.with_name(final.name + ".partial")
@@ -189,20 +316,22 @@ def _score_file_locked(tag, labels, source: str, final: Path | None, options: Sc
     saved, complete = _resume_state(final, partial, checkpoint, options)
     if complete:
         return
-    fingerprint = run_fingerprint(source, options)
+    fingerprint = run_fingerprint(shard, plan, options)
     if saved:
         check_resume(saved, fingerprint, final)
     start = saved["rows"] if saved else 0
-    skipped_in_other_files = stats.skipped
+    before = (stats.skipped, stats.dropped)  # counts of the shards scored before this one
     stats.skipped += saved.get("skipped", 0) if saved else 0
-    rows, total, handle, input_schema, lines = _open_rows(source, options.text_field, start)
+    stats.dropped += saved.get("dropped", 0) if saved else 0
+    rows, total, handle, input_schema, lines = _open_rows(shard, options.text_field, start)
+    source = shard.where if shard is not None else "stdin"
     try:
-        sink = _open_sink(final, partial, saved, labels, options, input_schema)
+        sink = _open_sink(final, partial, saved, labels, options, input_schema, plan)
     except BaseException:
         if handle is not None:
             handle.close()
         raise
-    bar = tqdm(desc=f"scoring {Path(source).name if source != '-' else 'stdin'}", unit="row",
+    bar = tqdm(desc=f"scoring {shard.name if shard is not None else 'stdin'}", unit="row",
                total=total, initial=start, file=sys.stderr, disable=not options.progress,
                dynamic_ncols=True, smoothing=0.1)
     done = start
@@ -210,18 +339,15 @@ def _score_file_locked(tag, labels, source: str, final: Path | None, options: Sc
         while True:
             chunk = [row for _, row in zip(range(options.chunk_rows), rows)]
             if saved and done == start and lines is not None:
-                check_scored_rows(lines, saved, final, source if source != "-" else "stdin")
+                check_scored_rows(lines, saved, final, source)
             if not chunk:
                 break
-            good = _good_rows(chunk, options, partial, done, stats)
-            if good:
-                sink.write(good, _tag_chunk(tag, good, options))
+            _score_chunk(tag, chunk, sink, options, partial, done, stats)
             done += len(chunk)
-            stats.rows += len(chunk)
-            stats.scored += len(good)
             bar.update(len(chunk))
             if checkpoint:
-                checkpoint.write({"rows": done, "skipped": stats.skipped - skipped_in_other_files,
+                checkpoint.write({"rows": done, "skipped": stats.skipped - before[0],
+                                  "dropped": stats.dropped - before[1],
                                   "fingerprint": fingerprint, **sink.state(),
                                   **({"input_sha256": lines.hexdigest()} if lines else {})})
         if final is not None:
@@ -241,11 +367,13 @@ def _score_file_locked(tag, labels, source: str, final: Path | None, options: Sc
             handle.close()
 
 
-def _open_sink(final, partial, saved, labels, options: ScoreOptions, input_schema):
-    if final is not None and file_format(final) == "parquet":
+def _open_sink(final, partial, saved, labels, options: ScoreOptions, input_schema,
+               plan: OutputPlan):
+    if plan.format == "parquet":
         return ParquetSink(partial, saved, labels, options.documents, input_schema,
-                           options.group_scores, model_version=options.model_version)
-    return JsonlSink(partial, saved)
+                           options.group_scores, model_version=options.model_version,
+                           codec=plan.compression, weight=options.weight)
+    return JsonlSink(partial, saved, plan.compression)
 
 
 def _kept(exc: ScoreError, partial: Path) -> str:

@@ -7,26 +7,31 @@ import errno
 import tempfile
 from pathlib import Path
 
-from .rows import ScoreError, list_shards
+from .loop import file_plan, folder_outputs, local_output
+from .rows import ScoreError
+from .sources import is_folder, list_shards
 
 
 def check_paths(source: str, output: str, options) -> None:
-    src = None if source == "-" else Path(source)
-    if src is not None:
-        list_shards(src)  # missing input, or a folder with no shards
+    output = local_output(output)
+    folder_input = is_folder(source)
+    shards = None if source == "-" else list_shards(source)  # missing input, empty folder
     if output == "-":
-        if src is not None and src.is_dir():
+        if folder_input:
             raise ScoreError("a folder of shards needs an output folder, not stdout")
+        file_plan(output, options)
         return
     out = Path(output)
-    if src is not None and src.is_dir():
+    if folder_input:
         if out.exists() and not out.is_dir():
             raise ScoreError(f"output {output} is a file; a folder of shards needs a folder")
+        folder_outputs(shards, out, options)  # name collisions, codecs that do not fit
         check_writable(nearest_existing(out), output)
         return
     if out.is_dir():
-        raise ScoreError(f"output {output} is a folder; name an output file (.jsonl or "
-                         ".parquet), or give a folder of shards as input")
+        raise ScoreError(f"output {output} is a folder; name an output file (.jsonl, "
+                         ".jsonl.gz, .jsonl.zst or .parquet), or give a folder of shards")
+    file_plan(output, options)
     folder = out.parent
     if not folder.exists():
         raise ScoreError(f"output folder {folder} does not exist (for output {output})")

@@ -24,6 +24,8 @@ class RemoteTagger:
         self.client = httpx.Client(timeout=timeout_s)
         self.pool = ThreadPoolExecutor(concurrency)
         self.version: str | None = None
+        self.groups: dict[str, str] = {}  # label id -> group, from /labels
+        self.has_group_scores = False
 
     def labels(self) -> list[str]:
         import httpx
@@ -35,6 +37,8 @@ class RemoteTagger:
             raise RemoteError(f"cannot read {self.url}/labels: {exc}") from None
         body = response.json()
         self.version = body.get("model")
+        self.groups = {label["id"]: label.get("group", "") for label in body["labels"]}
+        self.has_group_scores = bool(body.get("group_scores"))
         return [label["id"] for label in body["labels"]]
 
     def _post(self, texts: list[str]) -> list[TagResult]:

@@ -6,13 +6,9 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 from ..text_checks import unencodable_at
 from ..training.errors import TropesError
-
-JSONL_SUFFIXES = (".jsonl", ".json", ".ndjson")
-PARQUET_SUFFIXES = (".parquet", ".pq")
 
 
 class ScoreError(TropesError):
@@ -25,30 +21,6 @@ class Row:
     record: dict | None
     raw: bytes | None  # the JSONL line without its newline; None for Parquet
     error: str | None = None
-
-
-def file_format(path: str | Path) -> str:
-    name = str(path).lower()
-    if name.endswith(PARQUET_SUFFIXES):
-        return "parquet"
-    return "jsonl"
-
-
-def is_shard(path: Path) -> bool:
-    return path.is_file() and path.name.lower().endswith(JSONL_SUFFIXES + PARQUET_SUFFIXES)
-
-
-def list_shards(source: Path) -> list[Path]:
-    """The shards of a folder (sorted), or the file itself; ScoreError when there are none."""
-    source = Path(source)
-    if not source.exists():
-        raise ScoreError(f"input {source} does not exist")
-    if not source.is_dir():
-        return [source]
-    shards = sorted(p for p in source.iterdir() if is_shard(p))
-    if not shards:
-        raise ScoreError(f"{source} holds no .jsonl or .parquet shards")
-    return shards
 
 
 def check_record(record, text_field: str) -> str | None:
@@ -88,29 +60,17 @@ def jsonl_rows(handle, name: str, text_field: str, start: int = 0) -> Iterator[R
         yield Row(where, record, raw, check_record(record, text_field))
 
 
-def parquet_rows(path: Path, text_field: str, start: int = 0) -> Iterator[Row]:
+def parquet_rows(handle, where: str, text_field: str, start: int = 0) -> Iterator[Row]:
+    """Rows of a Parquet file (any handle pyarrow can read) after the first `start`."""
     import pyarrow.parquet as pq
 
     number = 0
-    for batch in pq.ParquetFile(path).iter_batches(batch_size=1024):
+    for batch in pq.ParquetFile(handle).iter_batches(batch_size=1024):
         if number + batch.num_rows <= start:
             number += batch.num_rows
             continue
         for record in batch.to_pylist():
             number += 1
             if number > start:
-                yield Row(f"{path}:row {number}", record, None,
+                yield Row(f"{where}:row {number}", record, None,
                           check_record(record, text_field))
-
-
-def count_rows(path: Path) -> int | None:
-    """Total rows for the progress bar's ETA (a fast newline count for JSONL)."""
-    try:
-        if file_format(path) == "parquet":
-            import pyarrow.parquet as pq
-
-            return pq.ParquetFile(path).metadata.num_rows
-        with open(path, "rb") as handle:
-            return sum(block.count(b"\n") for block in iter(lambda: handle.read(1 << 20), b""))
-    except OSError:
-        return None

@@ -3,13 +3,14 @@ Parquet parts merged at the end. Both write to OUT.partial and rename when compl
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import shutil
 import sys
 from pathlib import Path
 
-from ..result import TagResult, arrow_type
+from ..result import FLAT_PREFIX, TagResult, arrow_type, flat_columns, flat_fields
 from .rows import Row, ScoreError
 
 
@@ -38,10 +39,24 @@ def splice_tropes(row: Row, result: TagResult) -> bytes:
     return body + sep + b'"tropes": ' + payload + b"}"
 
 
+def compress_chunk(data: bytes, compression: str | None) -> bytes:
+    """One gzip member or zstd frame per chunk: concatenated, they are one valid stream, and
+    every checkpoint falls on a member boundary, so compressed output resumes row by row."""
+    if compression == "gzip":
+        return gzip.compress(data, compresslevel=6, mtime=0)
+    if compression == "zstd":
+        import zstandard
+
+        return zstandard.ZstdCompressor(level=3).compress(data)
+    return data
+
+
 class JsonlSink:
     """Appends lines to the partial file; resume truncates a torn tail first."""
 
-    def __init__(self, partial: Path | None, resume_state: dict | None):
+    def __init__(self, partial: Path | None, resume_state: dict | None,
+                 compression: str | None = None):
+        self.compression = compression
         if partial is None:
             self.handle, self.owned = sys.stdout.buffer, False
             return
@@ -52,7 +67,8 @@ class JsonlSink:
         self.handle.seek(offset)
 
     def write(self, rows: list[Row], results: list[TagResult]) -> None:
-        data = b"".join(splice_tropes(r, t) + b"\n" for r, t in zip(rows, results))
+        data = compress_chunk(b"".join(splice_tropes(r, t) + b"\n"
+                                       for r, t in zip(rows, results)), self.compression)
         try:
             self.handle.write(data)
             self.handle.flush()
@@ -100,8 +116,11 @@ class ParquetSink:
 
     def __init__(self, partial: Path, resume_state: dict | None, labels: list[str],
                  documents: bool, input_schema=None, groups: bool = False,
-                 model_version: str | None = None):
+                 model_version: str | None = None, codec: str | None = None,
+                 weight: bool = False):
         self.dir = partial
+        self.codec = codec or "snappy"  # pyarrow's default; "none" writes uncompressed
+        self.labels, self.groups, self.weight = labels, groups, weight
         self.model_version = model_version  # in the file's metadata: tropes.model
         try:
             self.dir.mkdir(parents=True, exist_ok=True)
@@ -113,6 +132,7 @@ class ParquetSink:
                 stale.unlink()
         self.documents = documents
         self.tropes_type = arrow_type(labels, documents, groups)
+        self.flat = flat_fields(labels, groups, weight)
         self.schema = None
         if input_schema is not None:
             self.schema = self._with_tropes(input_schema)
@@ -120,17 +140,21 @@ class ParquetSink:
     def _with_tropes(self, schema):
         import pyarrow as pa
 
-        fields = [f for f in schema if f.name != "tropes"]
-        return pa.schema(fields + [pa.field("tropes", self.tropes_type)])
+        # a rescored file's own tropes columns are replaced, not duplicated
+        fields = [f for f in schema if f.name != "tropes" and not f.name.startswith(FLAT_PREFIX)]
+        return pa.schema(fields + [pa.field("tropes", self.tropes_type)] + self.flat)
 
     def write(self, rows: list[Row], results: list[TagResult]) -> None:
         import pyarrow as pa
         import pyarrow.parquet as pq
 
-        records = [{**r.record, "tropes": t.to_arrow(self.documents)}
+        records = [{**{k: v for k, v in r.record.items() if not k.startswith(FLAT_PREFIX)},
+                    "tropes": t.to_arrow(self.documents),
+                    **flat_columns(t, self.labels, self.groups, self.weight)}
                    for r, t in zip(rows, results)]
         if self.schema is None:
-            plain = [{k: v for k, v in rec.items() if k != "tropes"} for rec in records]
+            plain = [{k: v for k, v in rec.items()
+                      if k != "tropes" and not k.startswith(FLAT_PREFIX)} for rec in records]
             try:
                 inferred = pa.Table.from_pylist(plain).schema
             except (pa.ArrowException, TypeError, ValueError, OverflowError):
@@ -144,7 +168,7 @@ class ParquetSink:
         path = self.dir / f"part-{self.parts:06d}.parquet"
         tmp = path.with_suffix(".tmp")
         try:
-            pq.write_table(table, tmp)
+            pq.write_table(table, tmp, compression=self.codec)
             os.replace(tmp, path)
         except OSError as exc:
             tmp.unlink(missing_ok=True)
@@ -188,13 +212,15 @@ class ParquetSink:
             for part in parts:
                 table = pq.read_table(part)
                 if writer is None:
-                    writer = pq.ParquetWriter(tmp, self._named(table.schema))
+                    writer = pq.ParquetWriter(tmp, self._named(table.schema),
+                                              compression=self.codec)
                 writer.write_table(table.replace_schema_metadata(writer.schema.metadata))
             if writer is None:  # no rows at all: an empty file with the tropes column
                 import pyarrow as pa
 
-                schema = self.schema or pa.schema([pa.field("tropes", self.tropes_type)])
-                writer = pq.ParquetWriter(tmp, self._named(schema))
+                schema = self.schema or pa.schema([pa.field("tropes", self.tropes_type)]
+                                                  + self.flat)
+                writer = pq.ParquetWriter(tmp, self._named(schema), compression=self.codec)
             done, writer = writer, None
             done.close()
             os.replace(tmp, final)

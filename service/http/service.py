@@ -78,7 +78,8 @@ async def labels_view(_: Request) -> JSONResponse:
     return JSONResponse({"model": classifier.version, "labels": [
         {**definitions.get(label, {"id": label}), "group": group, "threshold": float(t)}
         for label, group, t in zip(classifier.labels, classifier.groups,
-                                   classifier.thresholds)]})
+                                   classifier.thresholds)],
+        "group_scores": classifier.has_group_scores})
 
 
 async def model_view(_: Request) -> JSONResponse:
