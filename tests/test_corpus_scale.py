@@ -317,3 +317,39 @@ def test_profile_reads_compressed_output(hashing_workspace, tmp_path):
     r = tropes(hashing_workspace, "profile", str(out), "-o", str(tmp_path / "prof"))
     assert r.returncode == 0, r.stderr.decode()
     assert (tmp_path / "prof" / "profile.md").exists()
+
+
+@pytest.mark.ray
+def test_ray_default_engine_round_trips_a_compressed_mixed_folder(hashing_workspace,
+                                                                   tmp_path):
+    pytest.importorskip("ray")
+    mixed_folder(hashing_workspace, tmp_path / "in")
+    with gzip.open(tmp_path / "in" / "f.jsonl.gz", "wb") as handle:  # one bad row
+        handle.write(b'{"n": 50, "text": "A fine passage about the harbour at dawn."}\n'
+                     b'{"n": 51}\n')
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+
+    def score(out, *extra):
+        cmd = [EXE, "--encoder", "hashing", "--models-dir", str(hashing_workspace.models_dir),
+               "score", str(tmp_path / "in"), "-o", str(out), "--on-error", "skip", "--quiet",
+               *extra]
+        return subprocess.run(cmd, capture_output=True, env=env, timeout=300)
+
+    local = score(tmp_path / "local")
+    assert local.returncode == 0, local.stderr.decode()
+    on_ray = score(tmp_path / "ray", "--engine", "ray")  # no pool flags: the default path
+    assert on_ray.returncode == 0, on_ray.stderr.decode()[-3000:]
+    names = sorted(p.name for p in (tmp_path / "local").iterdir())
+    assert sorted(p.name for p in (tmp_path / "ray").iterdir()) == names
+    for name in names:
+        a, b = read_any(tmp_path / "local" / name), read_any(tmp_path / "ray" / name)
+        assert [r["n"] for r in a] == [r["n"] for r in b]
+        for x, y in zip(a, b):
+            assert x["tropes"]["labels"] == y["tropes"]["labels"]
+            assert x["tropes"]["scores"] == pytest.approx(y["tropes"]["scores"], abs=1e-9)
+    for run_ in (local, on_ray):
+        err = run_.stderr.decode()
+        assert f"skipped {tmp_path / 'in' / 'f.jsonl.gz'}:2: missing field 'text'" in err
+        assert "scored 51 row(s)" in err and "skipped 1" in err
+    again = score(tmp_path / "ray", "--engine", "ray", "--resume")  # all shards finished
+    assert again.returncode == 0, again.stderr.decode()[-3000:]

@@ -1,20 +1,27 @@
-"""Bulk scoring on Ray Data: the same classifier in a pool of actors, each loading the model
-once; shards are read and written by the cluster. Connects to RAY_ADDRESS when it is set,
-else starts a local Ray instance."""
+"""Bulk scoring on Ray Data: one task per shard, run by a pool of actors that each load the
+model once and score whole shards with the local engine's own loop (`score_shard`). So the
+Ray engine reads every input the local one reads (compressed, mixed, URLs), writes the same
+rows and names, reports the same skipped rows, and resumes the same way.
+
+The pool is sized so it can never starve itself: the shard list is made on the driver
+(no read tasks), every CPU an actor reserves is one it uses, and the pool never holds more
+actors than shards. Connects to RAY_ADDRESS when it is set, else starts a local Ray."""
 
 from __future__ import annotations
 
 import os
+import sys
+from dataclasses import replace
 from pathlib import Path
 
-from ..result import arrow_type
 from ..training.settings import Settings
-from .loop import ScoreOptions, ScoreStats
-from .rows import ScoreError, check_record, file_format, list_shards
+from .loop import Checkpoint, ScoreOptions, ScoreStats, folder_outputs, local_output, score_shard
+from .rows import ScoreError
+from .sources import is_folder, list_shards
 
 
-class RayScorer:
-    """Callable class for map_batches: built once per actor, then fed pyarrow batches."""
+class ShardScorer:
+    """Callable class for map_batches: built once per actor, then fed one shard at a time."""
 
     def __init__(self, settings: Settings, version, profile, options: ScoreOptions,
                  threads: int):
@@ -25,41 +32,68 @@ class RayScorer:
         from ..classifier import load
 
         self.classifier = load(version, threshold_profile=profile, settings=settings)
-        self.options = options
-        self.tropes_type = arrow_type(self.classifier.labels, options.documents,
-                                      options.group_scores)
+        self.options = replace(options, progress=False, model_version=self.classifier.version,
+                               group_scores=self.classifier.has_group_scores)
 
-    def __call__(self, batch):
-        import pyarrow as pa
+    def __call__(self, batch: dict) -> dict:
+        from .loop import OutputPlan
 
-        opts = self.options
-        records = batch.to_pylist()
-        keep = []
-        for i, record in enumerate(records):
-            problem = check_record(record, opts.text_field)
-            if problem is None:
-                keep.append(i)
-            elif opts.on_error == "fail":
-                where = (f"row with {opts.id_field}={record.get(opts.id_field)!r}"
-                         if opts.id_field else "a row")
-                raise ScoreError(f"{where}: {problem}")
-        if len(keep) != len(records):
-            batch = batch.take(pa.array(keep, type=pa.int64()))
-            records = [records[i] for i in keep]
-        texts = [r[opts.text_field] for r in records]
-        tag = self.classifier.tag_documents if opts.documents else self.classifier.tag
-        results = [r.to_arrow(opts.documents) for r in tag(texts)]
-        if "tropes" in batch.column_names:
-            batch = batch.drop_columns(["tropes"])
-        return batch.append_column("tropes", pa.array(results, type=self.tropes_type))
+        out = {"rows": [], "scored": [], "skipped": [], "dropped": [], "errors": [],
+               "failure": []}
+        for where, final, fmt, codec in zip(batch["where"], batch["final"], batch["format"],
+                                            batch["codec"]):
+            stats = ScoreStats()
+            failure = ""
+            tag = self.classifier.tag_documents if self.options.documents \
+                else self.classifier.tag
+            try:
+                shard = list_shards(str(where))[0]
+                score_shard(tag, self.classifier.labels, shard, Path(str(final)),
+                            OutputPlan(str(fmt), str(codec) or None), self.options, stats)
+            except ScoreError as exc:
+                failure = str(exc)
+            out["rows"].append(stats.rows)
+            out["scored"].append(stats.scored)
+            out["skipped"].append(stats.skipped)
+            out["dropped"].append(stats.dropped)
+            out["errors"].append("\n".join(stats.errors))
+            out["failure"].append(failure)
+        return out
 
 
-def _files(source: Path) -> tuple[list[str], str]:
-    files = [str(p) for p in list_shards(source)]
-    formats = {file_format(f) for f in files}
-    if len(formats) > 1:
-        raise ScoreError(f"{source} mixes JSONL and Parquet shards; score them separately")
-    return files, formats.pop()
+def pool_size(total_cpus: int, shards: int, actors: int | None,
+              cpus_per_actor: int | None) -> tuple[int, int]:
+    """(actors, CPUs per actor): two CPUs an actor where there are two (torch scales to two
+    threads here), as many actors as fit in the cluster, and no more than there are shards."""
+    cpus = cpus_per_actor or max(1, min(2, total_cpus))
+    if cpus > total_cpus:
+        raise ScoreError(f"--ray-cpus-per-actor {cpus} is more than the cluster's "
+                         f"{total_cpus} CPU(s)")
+    fit = max(1, total_cpus // cpus)
+    if actors is not None and actors > fit:
+        raise ScoreError(f"--ray-actors {actors} x {cpus} CPU(s) is more than the cluster's "
+                         f"{total_cpus} CPU(s); the pool would wait forever")
+    return min(actors or fit, max(shards, 1)), cpus
+
+
+def _plan(source: str, output: str, options: ScoreOptions):
+    """(shard, final, plan) for every shard still to score."""
+    if is_folder(source):
+        out_dir = Path(output)
+        planned = folder_outputs(list_shards(source), out_dir, options)
+        out_dir.mkdir(parents=True, exist_ok=True)
+    else:
+        from .loop import file_plan
+
+        planned = [(list_shards(source)[0], Path(output), file_plan(output, options))]
+    todo = []
+    for shard, final, plan in planned:
+        if options.resume and final.exists() and Checkpoint(final).read() is None:
+            continue  # finished in an earlier run
+        if final.exists() and not (options.resume or options.overwrite):
+            raise ScoreError(f"output {final} exists; pass --overwrite to replace it")
+        todo.append((shard, final, plan))
+    return todo
 
 
 def score_with_ray(settings: Settings, source: str, output: str, options: ScoreOptions,
@@ -71,11 +105,11 @@ def score_with_ray(settings: Settings, source: str, output: str, options: ScoreO
         raise ScoreError("Ray is not installed: pip install 'tropes[ray]'") from None
     if source == "-" or output == "-":
         raise ScoreError("--engine ray reads and writes files or folders, not stdin/stdout")
-    files, in_format = _files(Path(source))
-    out_dir = Path(output)
-    if out_dir.exists() and any(out_dir.iterdir()) and not options.overwrite:
-        raise ScoreError(f"output folder {output} is not empty; pass --overwrite")
-    out_format = "parquet" if output.rstrip("/").endswith("parquet") else in_format
+    output = local_output(output)
+    todo = _plan(source, output, options)
+    stats = ScoreStats()
+    if not todo:
+        return stats
     started_here = not ray.is_initialized()
     if started_here:
         address = os.environ.get("RAY_ADDRESS") or None
@@ -85,48 +119,36 @@ def score_with_ray(settings: Settings, source: str, output: str, options: ScoreO
                  **({} if address else {"num_cpus": os.cpu_count()}))
     try:
         total_cpus = int(ray.cluster_resources().get("CPU", 1))
-        cpus = cpus_per_actor or max(1, min(2, total_cpus))
-        # leave a CPU for Ray Data's read and write tasks, or they can starve behind the pool
-        size = actors or max(1, (total_cpus - 1) // cpus)
+        size, cpus = pool_size(total_cpus, len(todo), actors, cpus_per_actor)
+        items = [{"where": shard.where, "final": str(final.absolute()), "format": plan.format,
+                  "codec": plan.compression or ""} for shard, final, plan in todo]
         ctx = ray.data.DataContext.get_current()
         ctx.execution_options.preserve_order = True
-        if in_format == "parquet":
-            ds = ray.data.read_parquet(files)
-        else:
-            ds = ray.data.read_json(files, lines=True)
-        scored = ds.map_batches(
-            RayScorer, batch_format="pyarrow", batch_size=options.chunk_rows,
+        ds = ray.data.from_items(items, override_num_blocks=len(items))
+        done = ds.map_batches(
+            ShardScorer, batch_size=1, batch_format="numpy",
             fn_constructor_kwargs={"settings": settings, "version": version,
                                    "profile": profile, "options": options, "threads": cpus},
-            compute=ray.data.ActorPoolStrategy(size=size), num_cpus=cpus)
-        if out_dir.exists() and options.overwrite:
-            for old in out_dir.iterdir():
-                if old.is_file():
-                    old.unlink()
-        if out_format == "parquet":
-            scored.write_parquet(str(out_dir))
-        else:
-            scored.write_json(str(out_dir), force_ascii=False)
-        shards = sum(1 for _ in out_dir.iterdir())
-    except ray.exceptions.RayTaskError as exc:
-        cause = exc.cause if isinstance(getattr(exc, "cause", None), ScoreError) else None
-        raise ScoreError(str(cause) if cause else f"Ray scoring failed: {exc}") from None
+            compute=ray.data.ActorPoolStrategy(size=size), num_cpus=cpus).take_all()
+    except ray.exceptions.RayError as exc:  # an actor that could not start or died
+        raise ScoreError(f"Ray scoring failed: {exc}") from None
     finally:
         if started_here:
             ray.shutdown()
-    stats = ScoreStats(shards=shards)
-    stats.scored = _count_rows(out_dir)
+    failures = []
+    for row in done:
+        stats.rows += int(row["rows"])
+        stats.scored += int(row["scored"])
+        stats.skipped += int(row["skipped"])
+        stats.dropped += int(row["dropped"])
+        for line in filter(None, str(row["errors"]).split("\n")):
+            stats.errors.append(line)
+            print(f"skipped {line}", file=sys.stderr)
+        if row["failure"]:
+            failures.append(str(row["failure"]))
+        else:
+            stats.shards += 1
+    if failures:  # the other shards finished; --resume picks up the failed ones
+        more = f" (and {len(failures) - 1} more shard(s) failed)" if len(failures) > 1 else ""
+        raise ScoreError(failures[0] + more)
     return stats
-
-
-def _count_rows(out_dir: Path) -> int:
-    import pyarrow.parquet as pq
-
-    total = 0
-    for path in out_dir.iterdir():
-        if path.suffix == ".parquet":
-            total += pq.ParquetFile(path).metadata.num_rows
-        elif path.is_file():
-            with open(path, "rb") as handle:
-                total += sum(1 for line in handle if line.strip())
-    return total
