@@ -353,3 +353,15 @@ def test_ray_default_engine_round_trips_a_compressed_mixed_folder(hashing_worksp
         assert "scored 51 row(s)" in err and "skipped 1" in err
     again = score(tmp_path / "ray", "--engine", "ray", "--resume")  # all shards finished
     assert again.returncode == 0, again.stderr.decode()[-3000:]
+
+
+def test_ray_pool_never_asks_for_more_cpus_than_the_cluster_has():
+    from tropes.bulk.ray_engine import pool_size
+    from tropes.bulk.rows import ScoreError
+
+    assert pool_size(2, 10, None, None) == (1, 2)
+    assert pool_size(1, 10, None, None) == (1, 1)
+    assert pool_size(16, 3, None, None) == (3, 2)  # never more actors than shards
+    assert pool_size(16, 100, None, None) == (8, 2)
+    with pytest.raises(ScoreError, match="would wait forever"):
+        pool_size(2, 10, 2, 2)
