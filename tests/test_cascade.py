@@ -110,53 +110,66 @@ def test_version_without_prefilter_still_loads_with_no_cascade(workspace):
     assert not any("prefiltered" in r.extra for r in results)
 
 
+def _set(where, key, value):
+    def change(meta):
+        target = meta
+        for step in where:
+            target = target[step]
+        target[key] = value
+    return change
+
+
+META_POISON = {
+    "threshold-text": _set(["prefilter"], "threshold", "low"),
+    "threshold-range": _set(["prefilter"], "threshold", 1.5),
+    "kind": _set(["prefilter"], "kind", "pickle"),
+    "n-features": _set(["prefilter", "hashing"], "n_features", -4),
+    "ngram-range": _set(["prefilter", "hashing"], "ngram_range", [2, "x"]),
+    "hashing-key": _set(["prefilter", "hashing"], "tokenizer", "custom"),
+    "token-pattern": _set(["prefilter", "hashing"], "token_pattern", "("),
+    "not-object": _set([], "prefilter", [1, 2]),
+    "old-format": _set([], "format_version", 2),
+    "vocab": _set(["prefilter"], "tokens", {"source": "encoder word pieces",
+                                            "vocab_size": 10}),
+}
+
+
+def _bad_arrays(how, arrays):
+    if how == "shape":
+        arrays["ngram_coef"] = arrays["ngram_coef"][:100]
+    elif how == "nan":
+        arrays["ngram_coef"][3] = np.nan
+    elif how == "dtype":
+        arrays["intercept"] = np.array(["x"])
+    elif how == "huge":
+        arrays["intercept"] = np.array([1e30])
+    elif how == "extra":
+        arrays["other"] = np.zeros(3)
+    elif how == "missing-array":
+        del arrays["intercept"]
+
+
 def _poison(folder, meta, how):
-    section = meta["prefilter"]
-    if how == "threshold-text":
-        section["threshold"] = "low"
-    elif how == "threshold-range":
-        section["threshold"] = 1.5
-    elif how == "kind":
-        section["kind"] = "pickle"
-    elif how == "n-features":
-        section["hashing"]["n_features"] = -4
-    elif how == "ngram-range":
-        section["hashing"]["ngram_range"] = [2, "x"]
-    elif how == "hashing-key":
-        section["hashing"]["tokenizer"] = "custom"
-    elif how == "token-pattern":
-        section["hashing"]["token_pattern"] = "("
-    elif how == "not-object":
-        meta["prefilter"] = [1, 2]
-    elif how == "old-format":
-        meta["format_version"] = 2
-    elif how == "missing-file":
-        (folder / "prefilter.npz").unlink()
-    elif how == "sha":
-        meta["files"]["prefilter.npz"] = section["sha256"] = "0" * 64
-    elif how == "vocab":
-        section["tokens"] = {"source": "encoder word pieces", "vocab_size": 10}
-    else:
-        arrays = dict(np.load(folder / "prefilter.npz"))
-        if how == "shape":
-            arrays["ngram_coef"] = arrays["ngram_coef"][:100]
-        elif how == "nan":
-            arrays["ngram_coef"][3] = np.nan
-        elif how == "dtype":
-            arrays["intercept"] = np.array(["x"])
-        elif how == "huge":
-            arrays["intercept"] = np.array([1e30])
-        elif how == "extra":
-            arrays["other"] = np.zeros(3)
-        elif how == "missing-array":
-            del arrays["intercept"]
-        np.savez(folder / "prefilter.npz", **arrays)
-        digest = hashlib.sha256((folder / "prefilter.npz").read_bytes()).hexdigest()
-        meta["files"]["prefilter.npz"] = section["sha256"] = digest
+    """Damage v1's prefilter one way; the sha256 is fixed up where the file changes, so the
+    check under test is the one that answers."""
+    path = folder / "prefilter.npz"
+    if how in META_POISON:
+        META_POISON[how](meta)
+        return
+    if how == "missing-file":
+        path.unlink()
+        return
+    if how == "sha":
+        meta["files"]["prefilter.npz"] = meta["prefilter"]["sha256"] = "0" * 64
+        return
     if how == "damaged-zip":
-        (folder / "prefilter.npz").write_bytes(b"PK\x03\x04 not a zip")
-        digest = hashlib.sha256((folder / "prefilter.npz").read_bytes()).hexdigest()
-        meta["files"]["prefilter.npz"] = section["sha256"] = digest
+        path.write_bytes(b"PK\x03\x04 not a zip")
+    else:
+        arrays = dict(np.load(path))
+        _bad_arrays(how, arrays)
+        np.savez(path, **arrays)
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    meta["files"]["prefilter.npz"] = meta["prefilter"]["sha256"] = digest
 
 
 @pytest.mark.parametrize("how, message", [
