@@ -51,7 +51,7 @@ class TagResult:
         return cls(labels=list(data["labels"]), scores=dict(data["scores"]),
                    portrayal=data["portrayal"], group_scores=groups or None,
                    passages=data.get("passages"),
-                   extra={k: data[k] for k in ("passages_pooled",) if k in data},
+                   extra={k: data[k] for k in ("passages_pooled", "prefiltered") if k in data},
                    evidence=None if evidence is None else {
                        k: [Evidence(**e) for e in v] for k, v in dict(evidence).items()})
 
