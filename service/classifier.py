@@ -1,6 +1,15 @@
 """The classifier: one object that owns the encoder, the head, the labels and thresholds,
 with one load entry (`tropes.load`). Plain Python shared by the CLI, the service, bulk
-scoring, Ray actors, benchmarks and tests."""
+scoring, Ray actors, benchmarks and tests.
+
+The cascade. A model that carries a prefilter (tropes.training.prefilter) screens every
+passage first; a passage it rejects never reaches the encoder and gets the same result shape:
+no labels, portrayal "none", `extra["prefiltered"] = True`, and every score (labels and
+groups) from the cheap stage: min(p, just under that label's or group's threshold), where p
+is the prefilter's probability that any label applies, calibrated on labels/train (whose
+mix is about half positive, so on ordinary text it overstates the chance; it is an upper
+estimate, never a head score). `prefilter=False` (Settings.prefilter, TROPES_PREFILTER=0,
+`tropes --no-prefilter`) sends every passage to the encoder."""
 
 from __future__ import annotations
 
@@ -18,10 +27,18 @@ from .training.settings import Settings, load_settings
 from .training.taxonomy import portrayal_of
 
 WINDOW_MARGIN = 16  # special tokens plus slack between our count and the encoder's
+SCORE_DECIMALS = 4  # results are rounded to this; a capped score stays under after rounding
+
+
+def _just_under(thresholds: np.ndarray) -> np.ndarray:
+    """The largest 4-decimal value below each threshold (0 for a threshold of 0)."""
+    step = 10.0 ** -SCORE_DECIMALS
+    return np.maximum(np.ceil(np.asarray(thresholds, dtype=np.float64) / step - 1) * step, 0.0)
 
 
 class Classifier:
-    def __init__(self, model: Model, encoder: Encoder, profile: str | None = None):
+    def __init__(self, model: Model, encoder: Encoder, profile: str | None = None,
+                 prefilter: bool = True):
         check_encoder_matches(model, encoder)
         self.model = model
         self.encoder = encoder
@@ -31,6 +48,16 @@ class Classifier:
         self.thresholds = model.threshold_vector(profile)
         self.misaligned = np.array([g == "misaligned" for g in model.groups])
         self.window = max(encoder.max_tokens - WINDOW_MARGIN, 16)
+        self.prefilter = model.prefilter if prefilter else None
+        if self.prefilter is not None and self.prefilter.uses_tokens:
+            vocab = getattr(encoder, "vocab_size", None)
+            if vocab != len(self.prefilter.token_weights):
+                raise ArtifactError(f"model {model.version}: its prefilter reads "
+                                    f"{len(self.prefilter.token_weights)} word pieces but the "
+                                    f"encoder has {vocab}")
+        # cheap-stage scores stay under every label's and group's threshold
+        self.cheap_caps = _just_under(np.concatenate(
+            [self.thresholds, model.group_threshold_vector(profile)]))
 
     @property
     def version(self) -> str:
@@ -41,29 +68,75 @@ class Classifier:
         """Whether results carry the misaligned/aligned group scores."""
         return bool(self.model.group_ids)
 
-    def scores(self, texts: list[str]) -> np.ndarray:
-        """The head's calibrated scores: one column per label, then one per group."""
+    @property
+    def n_scores(self) -> int:
+        return self.model.head.coef.shape[0]
+
+    def head_scores(self, texts: list[str]) -> np.ndarray:
+        """The head's calibrated scores for every text (all through the encoder): one column
+        per label, then one per group. The service's batcher calls this."""
         if not texts:
-            return np.zeros((0, self.model.head.coef.shape[0]))
+            return np.zeros((0, self.n_scores))
         features = build_features(self.encoder.encode(texts), self.model.prototypes)
         return self.model.head.predict_proba(features)
+
+    def screen(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray | None]:
+        """The cascade's first stage: (passed, cheap scores). passed[i] says whether text i
+        goes on to the encoder; the cheap scores (None without a prefilter) stand in for the
+        head's where it does not."""
+        if self.prefilter is None or not texts:
+            return np.ones(len(texts), dtype=bool), None
+        ids = self.encoder.token_ids(texts) if self.prefilter.uses_tokens else None
+        p = self.prefilter.probability(texts, ids)
+        cheap = np.minimum(p[:, None], self.cheap_caps[None, :])
+        return p >= self.prefilter.threshold, cheap
+
+    def merge(self, passed: np.ndarray, cheap: np.ndarray | None,
+              encoded: np.ndarray) -> np.ndarray:
+        """Scores for every text: the head's for those that passed (encoded, in order),
+        the cheap stage's for the others."""
+        if cheap is None or passed.all():
+            return encoded
+        out = cheap.astype(np.float64)
+        out[passed] = encoded
+        return out
+
+    def cascade_scores(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """(scores, prefiltered): the encoder sees only the texts the prefilter passes."""
+        passed, cheap = self.screen(texts)
+        encoded = self.head_scores([t for t, ok in zip(texts, passed) if ok])
+        return self.merge(passed, cheap, encoded), ~passed
+
+    def scores(self, texts: list[str]) -> np.ndarray:
+        """Calibrated scores, one column per label, then one per group: the head's, or the
+        cheap stage's for texts the prefilter rejects (see the module's docstring)."""
+        return self.cascade_scores(texts)[0]
 
     def probabilities(self, texts: list[str]) -> np.ndarray:
         """Per-label probabilities, one row per text, one column per label."""
         return self.scores(texts)[:, :len(self.labels)]
 
-    def results(self, scores: np.ndarray) -> list[TagResult]:
+    def results(self, scores: np.ndarray, prefiltered: np.ndarray | None = None
+                ) -> list[TagResult]:
+        """prefiltered: rows the cascade's first stage rejected: never labelled."""
         present = self.model.present(scores, self.profile)
+        if prefiltered is not None:
+            present &= ~np.asarray(prefiltered, dtype=bool)[:, None]
         mis = (present & self.misaligned).any(axis=1)
         ali = (present & ~self.misaligned).any(axis=1)
-        rounded = np.round(scores.astype(np.float64), 4).tolist()
+        rounded = np.round(scores.astype(np.float64), SCORE_DECIMALS).tolist()
         n = len(self.labels)
         group_ids = self.model.group_ids
-        return [TagResult(labels=[lb for lb, f in zip(self.labels, flags) if f],
-                          scores=dict(zip(self.labels, row[:n])), portrayal=portrayal_of(m, a),
-                          group_scores=dict(zip(group_ids, row[n:])) if group_ids else None)
-                for row, flags, m, a in zip(rounded, present.tolist(), mis.tolist(),
-                                            ali.tolist())]
+        out = [TagResult(labels=[lb for lb, f in zip(self.labels, flags) if f],
+                         scores=dict(zip(self.labels, row[:n])), portrayal=portrayal_of(m, a),
+                         group_scores=dict(zip(group_ids, row[n:])) if group_ids else None)
+               for row, flags, m, a in zip(rounded, present.tolist(), mis.tolist(),
+                                           ali.tolist())]
+        if prefiltered is not None:
+            for result, flag in zip(out, np.asarray(prefiltered).tolist()):
+                if flag:
+                    result.extra["prefiltered"] = True
+        return out
 
     def tag(self, texts: list[str], evidence: bool = False) -> list[TagResult]:
         """Tag passages: labels, probabilities and the portrayal of each. A text longer than
@@ -73,13 +146,15 @@ class Classifier:
                                self.pooled_result, evidence)
 
     def _tag_spans(self, texts, plans, result_of, evidence: bool) -> list[TagResult]:
-        """One encoder call for every span of every text, then one result per text."""
-        probs = self.scores([t[s.start:s.end] for t, p in zip(texts, plans) for s in p])
+        """One encoder call for every span of every text that the prefilter passes, then
+        one result per text."""
+        probs, rejected = self.cascade_scores([t[s.start:s.end] for t, p in zip(texts, plans)
+                                               for s in p])
         results, k = [], 0
         for text, spans in zip(texts, plans):
             part = probs[k:k + len(spans)]
+            result = result_of(spans, part, rejected[k:k + len(spans)])
             k += len(spans)
-            result = result_of(spans, part)
             if evidence:
                 self.add_evidence(result, text, spans, part)
             results.append(result)
@@ -104,25 +179,29 @@ class Classifier:
         return self._tag_spans(texts, [self.split(t) for t in texts], self.document_result,
                                evidence)
 
-    def pooled_result(self, spans: list[Span], probs: np.ndarray) -> TagResult:
+    def pooled_result(self, spans: list[Span], probs: np.ndarray,
+                      prefiltered: np.ndarray | None = None) -> TagResult:
         """One passage's result, or for a text read as several passages, the document
-        rule's labels and scores (without the passage list)."""
+        rule's labels and scores (without the passage list). prefiltered: per passage,
+        whether the cascade's first stage rejected it; the pooled result is prefiltered
+        when every passage was."""
         if len(spans) == 1:
-            return self.results(probs)[0]
-        result = self.results(document_scores(probs)[None, :])[0]
+            return self.results(probs, prefiltered)[0]
+        result = self.results(document_scores(probs)[None, :], _all(prefiltered))[0]
         result.extra["passages_pooled"] = len(spans)
         return result
 
-    def document_result(self, spans: list[Span], probs: np.ndarray) -> TagResult:
+    def document_result(self, spans: list[Span], probs: np.ndarray,
+                        prefiltered: np.ndarray | None = None) -> TagResult:
         """Document labels by the length-corrected max (tropes.documents), with every
-        passage's own result; evidence is added by add_evidence."""
+        passage's own result (prefiltered ones marked); evidence is added by add_evidence."""
         if len(spans) == 0:
-            result = self.results(np.zeros((1, self.model.head.coef.shape[0])))[0]
+            result = self.results(np.zeros((1, self.n_scores)))[0]
             result.passages, result.evidence = [], {}
             return result
-        result = self.results(document_scores(probs)[None, :])[0]
+        result = self.results(document_scores(probs)[None, :], _all(prefiltered))[0]
         result.passages = [{"start": s.start, "end": s.end, **r.to_dict()}
-                           for s, r in zip(spans, self.results(probs))]
+                           for s, r in zip(spans, self.results(probs, prefiltered))]
         result.evidence = {}
         return result
 
@@ -140,28 +219,37 @@ class Classifier:
                      probs: np.ndarray) -> TagResult:
         """Evidence sentences for every label of result, scored here (in-process)."""
         jobs = self.evidence_jobs(text, spans, probs, result)
-        sentence_probs = self.scores([text[j.span.start:j.span.end] for j in jobs])
+        # evidence is for labels the head gave: its sentences are scored by the head too
+        sentence_probs = self.head_scores([text[j.span.start:j.span.end] for j in jobs])
         return self.attach_evidence(result, spans, probs, jobs, sentence_probs)
 
     def label_columns(self, result: TagResult) -> list[int]:
         return [self.labels.index(label) for label in result.labels]
 
 
+def _all(prefiltered: np.ndarray | None) -> np.ndarray | None:
+    """One row's flag for a pooled result: prefiltered when every passage was."""
+    return None if prefiltered is None else np.array([bool(np.all(prefiltered))])
+
+
 def load(version: str | None = None, models_dir: str | Path | None = None,
          threshold_profile: str | None = None, device: str | None = None,
          precision: str | None = None, encoder: Encoder | None = None,
-         settings: Settings | None = None) -> Classifier:
+         settings: Settings | None = None, prefilter: bool | None = None) -> Classifier:
     """The shipped (or given) model version with its encoder, ready to tag.
 
     version: a model version (default: models/LATEST); models_dir: default ./models when the
     working directory has one, else the model shipped in the package; threshold_profile:
     "f1" (default) or "recall"; device: "cpu" (default) or e.g. "cuda"; precision: "auto",
-    "fp32" or "bf16" (default: the one the model was trained at, where the CPU has it)."""
+    "fp32" or "bf16" (default: the one the model was trained at, where the CPU has it);
+    prefilter: use the model's cascade prefilter when it has one (default: the settings',
+    on unless TROPES_PREFILTER=0)."""
     settings = settings or load_settings(models_dir=models_dir, device=device)
     model = load_model(settings.models_dir, version)
     if encoder is None:
         encoder = encoder_for_model(model, settings, precision=precision)
-    return Classifier(model, encoder, profile=threshold_profile)
+    return Classifier(model, encoder, profile=threshold_profile,
+                      prefilter=settings.prefilter if prefilter is None else prefilter)
 
 
 __all__ = ["ArtifactError", "Classifier", "load"]

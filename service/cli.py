@@ -59,13 +59,17 @@ def _settings(ctx):
               help="hashing is a tiny test encoder; default minilm")
 @click.option("--precision", type=click.Choice(["auto", "fp32", "bf16"]), default=None,
               help="encoder precision; auto = bf16 where the CPU has bf16 instructions")
+@click.option("--no-prefilter", is_flag=True,
+              help="send every passage to the encoder (default: the model's cascade "
+                   "prefilter, when it has one, skips passages that cannot carry a label)")
 @click.pass_context
-def main(ctx, labels_dir, models_dir, encoder, precision):
+def main(ctx, labels_dir, models_dir, encoder, precision, no_prefilter):
     """tropes: find passages that portray AI as misaligned or aligned."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("BENTOML_DO_NOT_TRACK", "true")
     ctx.obj = {"settings": load_settings(labels_dir=labels_dir, models_dir=models_dir,
-                                         encoder=encoder, precision=precision),
+                                         encoder=encoder, precision=precision,
+                                         prefilter=False if no_prefilter else None),
                "precision_asked": precision is not None or "TROPES_PRECISION" in os.environ}
 
 

@@ -7,8 +7,9 @@ from dataclasses import dataclass, field
 
 GROUP_SCORES = ("misaligned", "aligned")  # calibrated P(any label of the group applies)
 # optional fields of a tropes object beside labels/scores/portrayal, in every shape:
-# passages_pooled (a long text read as N passages), weight (`tropes score --weight`)
-EXTRA_FIELDS = ("passages_pooled", "weight")
+# passages_pooled (a long text read as N passages), weight (`tropes score --weight`),
+# prefiltered (the cascade's first stage rejected it: no labels, cheap scores)
+EXTRA_FIELDS = ("passages_pooled", "weight", "prefiltered")
 # Parquet output repeats the scores as top-level columns so query engines filter without
 # unnesting: tropes_<label>, tropes_misaligned, tropes_aligned, tropes_portrayal, tropes_weight
 FLAT_PREFIX = "tropes_"
@@ -88,7 +89,8 @@ def arrow_type(labels: list[str], documents: bool, groups: bool = False):
               ("portrayal", pa.string())]
     if groups:
         fields += [(g, pa.float64()) for g in GROUP_SCORES]
-    fields += [("passages_pooled", pa.int64()), ("weight", pa.float64())]
+    fields += [("passages_pooled", pa.int64()), ("weight", pa.float64()),
+               ("prefiltered", pa.bool_())]
     if documents:
         span = pa.struct([("start", pa.int64()), ("end", pa.int64())])
         hit = pa.struct([("start", pa.int64()), ("end", pa.int64()), ("score", pa.float64())])

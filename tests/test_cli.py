@@ -41,6 +41,8 @@ def test_score_adds_tropes_and_keeps_every_other_byte(hashing_workspace, tmp_pat
         tropes_obj = record.pop("tropes")
         assert record == json.loads(raw_in)
         assert raw_out.startswith(raw_in[:-1])  # the original bytes, then the new field
+        # the cascade marks passages it kept from the encoder (no labels then)
+        assert tropes_obj.pop("prefiltered", True) is True
         assert set(tropes_obj) == {"labels", "scores", "portrayal", "misaligned", "aligned",
                                    "model"}
         assert 0.0 <= tropes_obj["misaligned"] <= 1.0 and 0.0 <= tropes_obj["aligned"] <= 1.0

@@ -17,7 +17,7 @@ class SlowClassifier:
         self.calls = []
         self.gate = threading.Event()
 
-    def scores(self, texts):
+    def head_scores(self, texts):  # the batcher encodes through this
         self.gate.wait(5)
         self.calls.append(len(texts))
         return np.array([[float(t.split()[-1])] for t in texts])
@@ -69,7 +69,7 @@ def test_encoder_failure_reaches_every_waiting_caller():
     class Broken:
         version = "v-broken"
 
-        def scores(self, texts):
+        def head_scores(self, texts):  # the batcher encodes through this
             time.sleep(0.01)
             raise RuntimeError("encoder exploded")
 

@@ -59,7 +59,11 @@ def test_train_then_eval_reproduces_shipped_numbers(tmp_path):
     assert fresh.meta["metrics"]["test"] == shipped.meta["metrics"]["test"]
     evaluated = subprocess.run([EXE, "eval", "--json"], env=env, capture_output=True, text=True)
     assert evaluated.returncode == 0, evaluated.stderr[-2000:]
-    assert json.loads(evaluated.stdout)["macro_f1"] == shipped.meta["metrics"]["test"]["macro_f1"]
+    # eval embeds the test split alone, train among the train passages: bf16 sums differ in
+    # the last bits with batch composition, which can flip a passage at a threshold (measured
+    # for v20261202-182948: 0.6515 by eval vs 0.6517 stored by train, same machine)
+    assert json.loads(evaluated.stdout)["macro_f1"] == pytest.approx(
+        shipped.meta["metrics"]["test"]["macro_f1"], abs=0.002)
 
 
 @pytest.mark.slow

@@ -20,11 +20,11 @@ from tropes.training.train import TrainingError, train
 
 def test_artifact_layout_and_metadata(hashing_workspace):
     folder = hashing_workspace.models_dir / "v1"
-    for name in ("model.json", "weights.npz", "report.md", "pr_curves.png", "reliability.png",
-                 "MODEL_CARD.md"):
+    for name in ("model.json", "weights.npz", "prefilter.npz", "report.md", "pr_curves.png",
+                 "reliability.png", "MODEL_CARD.md"):
         assert (folder / name).is_file(), name
     meta = json.loads((folder / "model.json").read_text())
-    assert meta["format_version"] == 2 and meta["version"] == "v1"
+    assert meta["format_version"] == 3 and meta["version"] == "v1"
     labels = read_labels(hashing_workspace.labels_dir)
     assert [e["id"] for e in meta["labels"]] == labels.taxonomy.ids
     assert meta["training_data"]["sha256"] == labels.data_hash()

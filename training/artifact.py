@@ -20,6 +20,8 @@ import numpy as np
 
 from .errors import TropesError
 from .head import Head
+from .prefilter import FILE as PREFILTER_FILE
+from .prefilter import Prefilter
 
 # What the format covers: model.json (this version's labels in column order with their
 # groups and per-profile thresholds, the group scores with theirs, whether labels are gated
@@ -28,8 +30,10 @@ from .head import Head
 # It changes when a field is added that a reader must understand, a field changes meaning,
 # or the arrays change shape; readers accept every version listed in READABLE_FORMATS.
 # 1: labels only. 2: + group rows (misaligned, aligned), gate, fine-tuned encoder_version.
-FORMAT_VERSION = 2
-READABLE_FORMATS = (1, 2)
+# 3: + optional `prefilter` (the cascade's first stage: its config, threshold and CV numbers)
+# with its arrays in prefilter.npz (listed in files); a version without it has no cascade.
+FORMAT_VERSION = 3
+READABLE_FORMATS = (1, 2, 3)
 LATEST = "LATEST"
 VERSION_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 REQUIRED_FILES = ("model.json", "weights.npz")
@@ -52,6 +56,7 @@ class Model:
     group_ids: list[str] = field(default_factory=list)  # e.g. ["misaligned", "aligned"]
     group_thresholds: dict[str, list[float]] = field(default_factory=dict)
     gate: bool = False  # a label needs its group's score over the group threshold too
+    prefilter: Prefilter | None = None  # the cascade's first stage (format 3), if trained
 
     def group_threshold_vector(self, profile: str | None = None) -> np.ndarray:
         name = profile or self.default_profile
@@ -122,6 +127,12 @@ def write_model(models_dir: Path, model: Model,
                  intercept=model.head.intercept.astype(np.float32),
                  prototypes=model.prototypes.astype(np.float32))
         meta = dict(model.meta)
+        files = {"weights.npz": file_sha256(tmp / "weights.npz")}
+        meta.pop("prefilter", None)
+        if model.prefilter is not None:
+            np.savez_compressed(tmp / PREFILTER_FILE, **model.prefilter.arrays())
+            files[PREFILTER_FILE] = file_sha256(tmp / PREFILTER_FILE)
+            meta["prefilter"] = model.prefilter.section(files[PREFILTER_FILE])
         meta.update({
             "format_version": FORMAT_VERSION,
             "version": model.version,
@@ -138,7 +149,7 @@ def write_model(models_dir: Path, model: Model,
             ],
             "gate": model.gate,
             "threshold_profile": model.default_profile,
-            "files": {"weights.npz": file_sha256(tmp / "weights.npz")},
+            "files": files,
         })
         (tmp / "model.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
         if extra is not None:
@@ -236,7 +247,37 @@ def _load_checked(models_dir: Path, version: str | None) -> Model:
                  prototypes=prototypes.astype(np.float32), thresholds=record.thresholds,
                  default_profile=record.default_profile, meta=meta,
                  group_ids=record.group_ids, group_thresholds=record.group_thresholds,
-                 gate=record.gate)
+                 gate=record.gate, prefilter=_load_prefilter(folder, meta, version))
+
+
+def _load_prefilter(folder: Path, meta: dict, version: str) -> Prefilter | None:
+    """The cascade's first stage, checked whole; None for a version without one."""
+    from .artifact_checks import check_prefilter_arrays, check_prefilter_meta
+
+    section = meta.get("prefilter")
+    if section is None:
+        return None
+    if meta.get("format_version", 0) < 3:
+        raise ArtifactError(f"model {version}: model.json 'prefilter' needs format_version 3")
+    check_prefilter_meta(section, meta.get("files"), version)
+    path = folder / PREFILTER_FILE
+    if not path.is_file():
+        raise ArtifactError(f"model {version}: missing file {PREFILTER_FILE}")
+    if file_sha256(path) != section["sha256"]:
+        raise ArtifactError(f"model {version}: {PREFILTER_FILE} does not match its recorded "
+                            "sha256 (truncated or modified)")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {name: data[name] for name in data.files}
+    except Exception as exc:  # noqa: BLE001 - numpy raises many kinds for a damaged zip
+        raise ArtifactError(f"model {version}: cannot read {PREFILTER_FILE} ({exc})") from None
+    check_prefilter_arrays(arrays, section, version)
+    tokens = arrays.get("token_weights")
+    return Prefilter(ngram_coef=arrays["ngram_coef"].astype(np.float32),
+                     intercept=float(arrays["intercept"][0]),
+                     threshold=float(section["threshold"]),
+                     token_weights=None if tokens is None else tokens.astype(np.float32),
+                     config=section["hashing"], report=section.get("cv"))
 
 
 def _thresholds(entries, what: str, version: str) -> dict[str, list[float]]:

@@ -118,3 +118,79 @@ def check_weights(version: str, arrays: dict, labels: int, dim: int | None) -> N
     if intercept.shape != (labels,):
         raise ArtifactError(f"model {version}: weights.npz intercept has shape "
                             f"{intercept.shape}; expected ({labels},)")
+
+
+def check_prefilter_meta(section, files, version: str) -> None:
+    """model.json's `prefilter` (format 3): the kind, the hashing the vectorizer is rebuilt
+    from (exactly the parameters this tropes knows), the threshold and the file's sha256."""
+    from .prefilter import FILE, KIND
+
+    def bad(where: str, why: str):
+        return ArtifactError(f"model {version}: model.json 'prefilter{where}' {why}")
+
+    if not isinstance(section, dict):
+        raise bad("", "must be an object")
+    if section.get("kind") != KIND:
+        raise bad(".kind", f"must be {KIND!r}, not {section.get('kind')!r}")
+    if section.get("file") != FILE:
+        raise bad(".file", f"must be {FILE!r}")
+    sha = section.get("sha256")
+    if not isinstance(sha, str) or not isinstance(files, dict) or files.get(FILE) != sha:
+        raise bad(".sha256", f"must be a string that 'files' lists for {FILE}")
+    threshold = section.get("threshold")
+    if not _number(threshold) or not 0.0 <= threshold <= 1.0:
+        raise bad(".threshold", f"must be a number in [0, 1], not {threshold!r}")
+    check_hashing(section.get("hashing"), bad)
+    tokens = section.get("tokens")
+    if tokens is not None and (not isinstance(tokens, dict) or not _count(
+            tokens.get("vocab_size"))):
+        raise bad(".tokens", "must be null or an object with a positive vocab_size")
+    if not isinstance(section.get("cv", {}), dict):
+        raise bad(".cv", "must be an object")
+
+
+def check_prefilter_arrays(arrays: dict, section: dict, version: str) -> None:
+    """prefilter.npz: ngram_coef [n_features], intercept [1] and, when model.json names a
+    vocabulary, token_weights [vocab]: finite real floats within MAX_WEIGHT."""
+    from .prefilter import FILE
+
+    expected = {"ngram_coef": (section["hashing"]["n_features"],), "intercept": (1,)}
+    if section.get("tokens") is not None:
+        expected["token_weights"] = (section["tokens"]["vocab_size"],)
+    if set(arrays) != set(expected):
+        raise ArtifactError(f"model {version}: {FILE} holds {sorted(arrays)}; expected "
+                            f"{sorted(expected)}")
+    for name, shape in expected.items():
+        array = arrays[name]
+        if array.dtype.kind != "f":
+            raise ArtifactError(f"model {version}: {FILE} {name} holds {array.dtype}, not "
+                                "floats")
+        if array.shape != shape:
+            raise ArtifactError(f"model {version}: {FILE} {name} has shape {array.shape}; "
+                                f"expected {shape}")
+        if not np.isfinite(array).all():
+            raise ArtifactError(f"model {version}: {FILE} {name} holds NaN or infinite values")
+        if array.size and np.abs(array).max() > MAX_WEIGHT:
+            raise ArtifactError(f"model {version}: {FILE} {name} holds values beyond "
+                                f"+-{MAX_WEIGHT:g}")
+
+
+def check_hashing(hashing, bad) -> None:
+    """The prefilter's vectorizer parameters: exactly the keys this tropes rebuilds it from."""
+    from .prefilter import HASHING, MAX_FEATURES
+
+    if not isinstance(hashing, dict) or set(hashing) != set(HASHING):
+        raise bad(".hashing", f"must be an object with exactly {sorted(HASHING)}")
+    n = hashing["n_features"]
+    if not _count(n) or n > MAX_FEATURES:
+        raise bad(".hashing.n_features", f"must be a positive integer up to {MAX_FEATURES}")
+    grams = hashing["ngram_range"]
+    if not (isinstance(grams, list) and len(grams) == 2 and all(_count(g) for g in grams)
+            and grams[0] <= grams[1] <= 5):
+        raise bad(".hashing.ngram_range", "must be [low, high] with 1 <= low <= high <= 5")
+    for key in ("analyzer", "token_pattern", "norm", "hash"):
+        if hashing[key] != HASHING[key]:  # other vectorizers would need other code to read
+            raise bad(f".hashing.{key}", f"must be {HASHING[key]!r}")
+    for key in ("lowercase", "alternate_sign", "binary"):
+        if not isinstance(hashing[key], bool):
+            raise bad(f".hashing.{key}", "must be true or false")

@@ -132,6 +132,37 @@ class MiniLMEncoder:
     def count_tokens(self, text: str) -> int:
         return len(self.model.tokenizer.tokenize(text))
 
+    @property
+    def vocab_size(self) -> int:
+        return int(self.model.tokenizer.vocab_size)
+
+    def token_ids(self, texts: list[str]) -> list[list[int]]:
+        """Word-piece ids of each whole text (no special tokens, never truncated): the
+        cascade's first stage reads them."""
+        if not texts:
+            return []
+        return self.model.tokenizer(list(texts), add_special_tokens=False)["input_ids"]
+
+    def word_piece_vectors(self, batch: int = 1024) -> np.ndarray:
+        """[vocab, dim]: each word piece encoded alone ([CLS] piece [SEP], mean of the
+        three outputs), model2vec-style static vectors for the cascade's first stage."""
+        torch = self._torch
+        tokenizer = self.model.tokenizer
+        body = self.model[0].auto_model
+        out = np.zeros((self.vocab_size, self.dim), dtype=np.float32)
+        with torch.inference_mode(), torch.autocast(
+                self.device.split(":")[0], dtype=torch.bfloat16,
+                enabled=self.precision == "bf16"):
+            for start in range(0, self.vocab_size, batch):
+                ids = torch.arange(start, min(self.vocab_size, start + batch))
+                inputs = torch.stack([torch.full_like(ids, tokenizer.cls_token_id), ids,
+                                      torch.full_like(ids, tokenizer.sep_token_id)], 1)
+                inputs = inputs.to(self.device)
+                hidden = body(input_ids=inputs,
+                              attention_mask=torch.ones_like(inputs)).last_hidden_state
+                out[start:start + len(ids)] = hidden.float().mean(1).cpu().numpy()
+        return out
+
     def encode(self, texts: list[str]) -> np.ndarray:
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)

@@ -70,6 +70,9 @@ class Settings:
     # POST /admin/reload needs "Authorization: Bearer <token>" when set; unset, only a
     # loopback client naming a loopback Host with no foreign Origin may reload
     admin_token: str | None = field(default=None, repr=False)
+    # the cascade: screen passages with the model's prefilter (when it has one) before the
+    # encoder; False (TROPES_PREFILTER=0, `tropes --no-prefilter`) encodes every passage
+    prefilter: bool = True
 
     def as_env(self) -> dict[str, str]:
         """The settings as TROPES_* variables, to hand to a child process (tropes serve)."""
@@ -96,6 +99,18 @@ def _number(env, name: str, default, kind=int):
     return value
 
 
+def _flag(env, name: str, default: bool) -> bool:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    value = raw.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise SettingsError(f"environment variable {name}={raw!r} must be 1 or 0 (true/false)")
+
+
 def load_settings(env: dict | None = None, **overrides) -> Settings:
     """Defaults, then TROPES_* environment variables, then overrides (None = not given)."""
     env = os.environ if env is None else env
@@ -116,6 +131,7 @@ def load_settings(env: dict | None = None, **overrides) -> Settings:
         else None,
         limits=limits,
         admin_token=env.get("TROPES_ADMIN_TOKEN") or None,
+        prefilter=_flag(env, "TROPES_PREFILTER", True),
     )
     values.update({k: v for k, v in overrides.items() if v is not None})
     for key in ("labels_dir", "models_dir", "cache_dir"):

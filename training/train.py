@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from pathlib import Path
 
 import numpy as np
 
@@ -24,6 +25,7 @@ from .head import fit_head
 from .labelset import read_labels
 from .metrics import evaluate
 from .model_card import write_model_card
+from .prefilter import ORDINARY_FILES, Prefilter, fit_prefilter, static_token_vectors
 from .report import expected_calibration_error, write_report
 from .settings import Settings
 from .thresholds import pick_gated_thresholds, pick_thresholds
@@ -153,6 +155,8 @@ def train(settings: Settings, min_recall: float | None = None, force: bool = Fal
                   head=head, prototypes=prototypes, thresholds=chosen.labels,
                   default_profile=profile, group_ids=list(GROUP_IDS),
                   group_thresholds=chosen.groups, gate=chosen.gate)
+    model.prefilter = train_prefilter(labels, encoder, groups, settings.cache_dir if use_cache
+                                      else None)
     test_scores = head.predict_proba(x_test)
     metrics = {
         "cv": evaluate(taxonomy, y_train[calibrate], model.present(oof_probs[calibrate])),
@@ -161,6 +165,8 @@ def train(settings: Settings, min_recall: float | None = None, force: bool = Fal
                           4),
         "test_group_ece": round(expected_calibration_error(
             g_test, test_scores[:, n_labels(model):]), 4),
+        "prefilter": {"cv": model.prefilter.report,
+                      "test": prefilter_test(model.prefilter, encoder, labels, groups)},
     }
     model.meta = {
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -187,6 +193,47 @@ def train(settings: Settings, min_recall: float | None = None, force: bool = Fal
     if promoted:
         set_latest(settings.models_dir, model.version)
     return TrainOutcome(model=model, promoted=promoted, reason=reason, newly_embedded=fresh)
+
+
+def _prefilter_targets(passages, taxonomy_groups: list[str], ids: list[str]):
+    misaligned = {label for label, g in zip(ids, taxonomy_groups) if g == "misaligned"}
+    y_any = np.array([bool(p.labels) for p in passages])
+    y_mis = np.array([bool(misaligned & set(p.labels)) for p in passages])
+    ordinary = np.array([Path(p.file).stem in ORDINARY_FILES and not p.labels
+                         for p in passages])
+    return y_any, y_mis, ordinary
+
+
+def _token_ids(encoder, texts, pieces):
+    return encoder.token_ids(texts) if pieces is not None else None
+
+
+def train_prefilter(labels, encoder, groups: list[str], cache_dir) -> Prefilter:
+    """The cascade's first stage, from labels/train only (tropes.training.prefilter)."""
+    passages = labels.split("train")
+    texts = [p.text for p in passages]
+    y_any, y_mis, ordinary = _prefilter_targets(passages, groups, labels.taxonomy.ids)
+    pieces = static_token_vectors(encoder, cache_dir)
+    return fit_prefilter(texts, y_any, y_mis, ordinary, _token_ids(encoder, texts, pieces),
+                         pieces)
+
+
+def prefilter_test(prefilter: Prefilter, encoder, labels, groups: list[str]) -> dict:
+    """Reported only (the threshold came from train): what it passes of labels/test."""
+    passages = labels.split("test")
+    if not passages:
+        return {}
+    texts = [p.text for p in passages]
+    y_any, y_mis, ordinary = _prefilter_targets(passages, groups, labels.taxonomy.ids)
+    ids = encoder.token_ids(texts) if prefilter.uses_tokens else None
+    passed = prefilter.probability(texts, ids) >= prefilter.threshold
+
+    def share(mask):
+        return round(float(passed[mask].mean()), 4) if mask.any() else None
+
+    return {"n": len(texts), "misaligned_recall": share(y_mis), "any_label_recall":
+            share(y_any), "ordinary_passages": int(ordinary.sum()),
+            "ordinary_pass_rate": share(ordinary), "negative_pass_rate": share(~y_any)}
 
 
 def n_labels(model: Model) -> int:

@@ -119,7 +119,7 @@ class MicroBatcher:
                 texts = [t for r, take in picks for t in r.texts[r.done:r.done + take]]
                 started = time.perf_counter()
                 try:
-                    probs = await loop.run_in_executor(self.executor, classifier.scores,
+                    probs = await loop.run_in_executor(self.executor, classifier.head_scores,
                                                        texts)
                 except Exception as exc:  # noqa: BLE001 - handed to every waiting caller
                     for r, _ in picks:

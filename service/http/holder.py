@@ -28,7 +28,7 @@ class ModelHolder:
         self.pinned = pinned
         model = load_model(settings.models_dir, pinned)
         self.encoder = encoder or encoder_for_model(model, settings)
-        self.classifier = Classifier(model, self.encoder)
+        self.classifier = Classifier(model, self.encoder, prefilter=settings.prefilter)
         self.last_error: str | None = None
         self.failed_attempts = 0  # reloads refused since the last good one
         self.listener = None  # called with state() after every reload (the service's metric)
@@ -63,7 +63,8 @@ class ModelHolder:
             self.last_attempt = time.time()
             try:
                 model = load_model(self.settings.models_dir, self.pinned)
-                classifier = Classifier(model, self.encoder)
+                classifier = Classifier(model, self.encoder,
+                                        prefilter=self.settings.prefilter)
             except Exception as exc:  # noqa: BLE001 - whatever it is, keep serving the old one
                 message = str(exc) if isinstance(exc, ArtifactError) else \
                     f"unexpected {type(exc).__name__}: {exc}"

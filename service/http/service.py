@@ -138,7 +138,9 @@ class Tropes:
     async def tag(self, text: str, evidence: bool = False) -> dict:
         """Tag one passage: labels, per-label probabilities and the portrayal. A text longer
         than the encoder's window is split and pooled like a document (`passages_pooled`
-        says into how many passages); `evidence: true` adds the sentences behind each label."""
+        says into how many passages); `evidence: true` adds the sentences behind each label.
+        A passage the cascade's prefilter kept from the encoder answers `prefiltered: true`,
+        no labels, and cheap-stage scores under every threshold."""
         check_text(text, "text", self.limits.max_text_chars)
         classifier, results = await tag_texts(self.holder, self.batcher, [text],
                                               evidence=evidence)

@@ -1,7 +1,9 @@
 """The service's tagging flows over the micro-batcher: texts that fit the encoder's window
 are one passage; longer ones are split and pooled like documents (never cut short), and
 evidence sentences are scored in a second batched call. The same rules as the in-process
-Classifier.tag / tag_documents (tropes.documents), so every entry point answers alike."""
+Classifier.tag / tag_documents (tropes.documents), so every entry point answers alike.
+The cascade's first stage screens the passages here, before the batcher: only those it
+passes are queued (and counted for admission) for the encoder."""
 
 from __future__ import annotations
 
@@ -34,16 +36,34 @@ async def tag_texts(holder: ModelHolder, batcher: MicroBatcher, texts: list[str]
     split = splitter.split if documents else splitter.passages_of
     plans: list[list[Span]] = await asyncio.to_thread(lambda: [split(t) for t in texts])
     pieces = [t[s.start:s.end] for t, spans in zip(texts, plans) for s in spans]
-    classifier, probs = await submit(batcher, pieces)
+    classifier, probs, rejected = await cascade(holder, batcher, pieces)
     parts, k = [], 0
-    for spans in plans:
-        parts.append(probs[k:k + len(spans)])
-        k += len(spans)
     build = classifier.document_result if documents else classifier.pooled_result
-    results = [build(spans, part) for spans, part in zip(plans, parts)]
+    results = []
+    for spans in plans:
+        part = probs[k:k + len(spans)]
+        parts.append(part)
+        results.append(build(spans, part, rejected[k:k + len(spans)]))
+        k += len(spans)
     if evidence:
         await add_evidence(classifier, batcher, texts, plans, parts, results)
     return classifier, results
+
+
+async def cascade(holder: ModelHolder, batcher: MicroBatcher, pieces: list[str]
+                  ) -> tuple[Classifier, np.ndarray, np.ndarray]:
+    """(classifier, scores, prefiltered): the prefilter screens the pieces and only those it
+    passes go through the batcher to the encoder."""
+    screener = holder.classifier
+    passed, cheap = await asyncio.to_thread(screener.screen, pieces)
+    chosen = [p for p, ok in zip(pieces, passed) if ok]
+    if not chosen:
+        return screener, screener.merge(passed, cheap, screener.head_scores([])), ~passed
+    classifier, encoded = await submit(batcher, chosen)
+    if classifier.version != screener.version:  # swapped in between: its own cascade
+        probs, rejected = await asyncio.to_thread(classifier.cascade_scores, pieces)
+        return classifier, probs, rejected
+    return classifier, classifier.merge(passed, cheap, encoded), ~passed
 
 
 async def add_evidence(classifier: Classifier, batcher: MicroBatcher, texts: list[str],
@@ -52,11 +72,11 @@ async def add_evidence(classifier: Classifier, batcher: MicroBatcher, texts: lis
     jobs = [classifier.evidence_jobs(t, spans, part, r)
             for t, spans, part, r in zip(texts, plans, parts, results)]
     sentences = [t[j.span.start:j.span.end] for t, doc in zip(texts, jobs) for j in doc]
-    sentence_probs = classifier.scores([])
-    if sentences:
+    sentence_probs = classifier.head_scores([])
+    if sentences:  # evidence is for the head's labels: sentences skip the prefilter
         used, sentence_probs = await submit(batcher, sentences)
         if used.version != classifier.version:  # the model was swapped in between
-            sentence_probs = await asyncio.to_thread(classifier.scores, sentences)
+            sentence_probs = await asyncio.to_thread(classifier.head_scores, sentences)
     k = 0
     for spans, part, doc_jobs, result in zip(plans, parts, jobs, results):
         classifier.attach_evidence(result, spans, part, doc_jobs,
