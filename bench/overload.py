@@ -46,7 +46,7 @@ async def loaded(url: str, sample: list[str], clients: int, seconds: float) -> d
     import httpx
 
     stats = {"tag_ms": [], "tag_ok": 0, "batch_ok": 0, "503": 0, "503_without_retry_after": 0,
-             "other_5xx": [], "other": []}
+             "other_5xx": [], "other": [], "503_reasons": {}}
     stop = time.perf_counter() + seconds
 
     async def client_loop(k: int) -> None:
@@ -72,6 +72,8 @@ async def loaded(url: str, sample: list[str], clients: int, seconds: float) -> d
                         stats["tag_ms"].append(ms)
                 elif r.status_code == 503:
                     stats["503"] += 1
+                    reason = f"{path}: {r.json().get('error', '')[:28]}"
+                    stats["503_reasons"][reason] = stats["503_reasons"].get(reason, 0) + 1
                     if "retry-after" not in r.headers:
                         stats["503_without_retry_after"] += 1
                     await asyncio.sleep(float(r.headers.get("Retry-After", "1")))
@@ -109,6 +111,7 @@ def main() -> None:
           f"503: {busy['503']} ({busy['503_without_retry_after']} without Retry-After); "
           f"other 5xx: {len(busy['other_5xx'])} {busy['other_5xx'][:3]}; "
           f"other non-200: {len(busy['other'])} {busy['other'][:3]}")
+    print("503 by route and reason:", dict(sorted(busy["503_reasons"].items())))
 
 
 if __name__ == "__main__":

@@ -62,7 +62,7 @@ def test_batch_document_and_errors(server):
     assert [x["id"] for x in batch["items"]] == ["h", "r"]
     doc = "\n\n".join([RECIPE, RECIPE, HOSTILE, RECIPE] * 4)
     result = httpx.post(f"{url}/tag_document", json={"text": doc, "id": "d"}, timeout=60).json()
-    assert "hostility" in result["labels"]
+    assert "hostility" in result["labels"], result
     for span in result["evidence"]["hostility"][:1]:  # evidence sentences of that paragraph
         assert doc[span["start"]:span["end"]] in HOSTILE
     assert httpx.post(f"{url}/tag", json={"text": ""}).status_code == 422
@@ -94,7 +94,19 @@ def test_score_through_the_service_matches_local(server, tmp_path):
     local = subprocess.run([EXE, "score", str(src), "-o", str(tmp_path / "local.jsonl"),
                             "--quiet"], env=env, capture_output=True)
     assert local.returncode == 0, local.stderr.decode()
-    assert (tmp_path / "remote.jsonl").read_text() == (tmp_path / "local.jsonl").read_text()
+    remote_rows = [json.loads(line) for line in (tmp_path / "remote.jsonl").open()]
+    local_rows = [json.loads(line) for line in (tmp_path / "local.jsonl").open()]
+    assert len(remote_rows) == len(local_rows) == 15
+    for r, lo in zip(remote_rows, local_rows):
+        assert {k: v for k, v in r.items() if k != "tropes"} == \
+            {k: v for k, v in lo.items() if k != "tropes"}
+        assert r["tropes"]["labels"] == lo["tropes"]["labels"]
+        assert r["tropes"]["portrayal"] == lo["tropes"]["portrayal"]
+        assert r["tropes"]["model"] == lo["tropes"]["model"]
+        # bf16 sums depend on how passages are batched (the service batches by load):
+        # measured up to 0.0027 between batch 15 and batch 1; fp32 agrees to 1e-7
+        for label, score in lo["tropes"]["scores"].items():
+            assert r["tropes"]["scores"][label] == pytest.approx(score, abs=0.006), label
 
 
 def test_reload_switches_without_failures(server):

@@ -173,3 +173,125 @@ def test_work_whose_caller_left_is_not_encoded():
     _, probs = asyncio.run(main())
     assert holder.classifier.calls == [1, 1] and probs[0, 0] == 3
     assert batcher.waiting == 0
+
+
+class TimedClassifier:
+    """Takes `per` seconds per passage, like a real encoder on a busy CPU."""
+
+    version = "v-timed"
+
+    def __init__(self, per: float):
+        self.per = per
+        self.calls = []
+
+    def head_scores(self, texts):  # the batcher encodes through this
+        time.sleep(self.per * len(texts))
+        self.calls.append(len(texts))
+        return np.array([[float(t.split()[-1])] for t in texts])
+
+
+async def timed_small(batcher, i):
+    start = time.monotonic()
+    try:
+        _, probs = await batcher.submit([f"s {i}"])
+    except Overloaded as exc:
+        return "refused", exc.retry_after_s
+    assert probs[0, 0] == i
+    return "served", time.monotonic() - start
+
+
+def test_small_requests_among_big_batches_are_served_within_budget_or_refused():
+    holder = Holder()
+    holder.classifier = TimedClassifier(0.01)
+    batcher = MicroBatcher(holder, max_batch=64, max_queue=100_000, max_wait_seconds=0.1)
+
+    async def main():
+        await batcher.submit(["w 0"])  # measures the seconds per passage
+        big = [asyncio.create_task(batcher.submit([f"b {j}" for j in range(120)]))
+               for _ in range(2)]
+        small = []
+        for i in range(40):
+            await asyncio.sleep(0.015)
+            small.append(asyncio.create_task(timed_small(batcher, i)))
+        return await asyncio.gather(*small), await asyncio.gather(*big)
+
+    small, big = asyncio.run(main())
+    served = [seconds for kind, seconds in small if kind == "served"]
+    assert len(served) >= 10, small  # most fit: calls are short while small requests come
+    assert max(served) <= 0.3 + 0.1, sorted(served)[-5:]  # three waits + slack, not 0.64 s
+    assert all(after == 1 for kind, after in small if kind == "refused")
+    for _, probs in big:  # the big requests were still answered whole and in order
+        assert probs[:, 0].tolist() == list(range(120))
+    # while small requests came, calls held one wait of work: 0.1 s / 0.01 s
+    assert max(holder.classifier.calls[1:6]) <= 10, holder.classifier.calls
+
+
+def test_without_small_requests_calls_stay_full_size():
+    holder = Holder()
+    holder.classifier = TimedClassifier(0.0)
+    batcher = MicroBatcher(holder, max_batch=64, max_queue=100_000, max_wait_seconds=0.1)
+    batcher.seconds_per_passage = 0.01
+
+    async def main():
+        return await batcher.submit([f"b {j}" for j in range(200)])
+
+    asyncio.run(main())
+    assert holder.classifier.calls == [64, 64, 64, 8]
+
+
+def test_a_small_request_not_started_in_time_is_refused_not_held():
+    holder = Holder()
+    batcher = MicroBatcher(holder, max_batch=64, max_queue=100_000, max_wait_seconds=0.1)
+    batcher.seconds_per_passage = 0.0001  # the estimate says it fits; the encoder stalls
+
+    async def main():
+        first = asyncio.create_task(batcher.submit(["a 0"]))
+        await asyncio.sleep(0.02)
+        late = asyncio.create_task(timed_small(batcher, 5))
+        await asyncio.sleep(0.3)  # past twice the wait
+        holder.classifier.gate.set()
+        return await first, await late
+
+    (_, probs), (kind, after) = asyncio.run(main())
+    assert probs[0, 0] == 0 and (kind, after) == ("refused", 1)
+    assert batcher.waiting == 0
+
+
+def test_a_small_request_stalled_mid_encoding_is_refused_in_time():
+    holder = Holder()
+    batcher = MicroBatcher(holder, max_batch=64, max_queue=100_000, max_wait_seconds=0.05)
+
+    async def main():
+        start = time.monotonic()
+        outcome = await timed_small(batcher, 3)  # the encoder hangs on its call
+        took = time.monotonic() - start
+        holder.classifier.gate.set()
+        await asyncio.sleep(0.05)
+        return outcome, took
+
+    (kind, after), took = asyncio.run(main())
+    assert (kind, after) == ("refused", 1)
+    assert took < 0.05 * 4 + 0.1  # four waits, not the 5 s the encoder hung
+
+
+def test_thread_tuner_uses_the_cheaper_choice_and_keeps_checking_the_other():
+    from tropes.http.threads import ThreadTuner
+
+    chosen = []
+    tuner = ThreadTuner(2, chosen.append)
+    cost = {2: 0.10, 1: 0.03}  # as measured with a core busy elsewhere
+    picks = []
+    for _ in range(48):
+        threads = tuner.choose()
+        picks.append(threads)
+        tuner.record(threads, cost[threads] * 8, 8)
+    assert picks[:2] == [2, 1]  # each tried once
+    assert picks[2:].count(1) > 40 and 2 in picks[2:]  # mostly 1, 2 retried now and then
+    cost = {2: 0.01, 1: 0.03}  # the machine went quiet
+    for _ in range(48):
+        threads = tuner.choose()
+        picks.append(threads)
+        tuner.record(threads, cost[threads] * 8, 8)
+    assert picks[-12:].count(2) >= 10
+    assert chosen == [p for i, p in enumerate(picks) if i == 0 or picks[i - 1] != p]
+

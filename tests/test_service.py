@@ -300,7 +300,7 @@ def test_full_queue_answers_503_with_retry_after(client, monkeypatch):
 
     from tropes.http.batching import Overloaded
 
-    async def refuse(texts):
+    async def refuse(texts, follow_up=False):
         raise Overloaded("20000 passages are waiting; retry shortly")
 
     monkeypatch.setattr(bentoml.get_current_service().batcher, "submit", refuse)

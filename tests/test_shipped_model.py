@@ -42,8 +42,13 @@ def shipped_models_copy(tmp_path):
     return models
 
 
+@pytest.mark.slow
 @pytest.mark.encoder
 def test_train_then_eval_reproduces_shipped_numbers(tmp_path):
+    """The head from labels/ with the shipped encoder (embeds all of labels/: make test-all).
+
+    `make test` keeps the fast head-only reproduction: tests/test_training.py's
+    test_training_is_deterministic trains twice and compares weights and thresholds."""
     shipped = load_model(REPO / "models")
     env = {**os.environ, "TROPES_MODELS_DIR": str(shipped_models_copy(tmp_path)),
            "TROPES_CACHE_DIR": str(tmp_path / "cache"),

@@ -19,12 +19,38 @@ from .errors import ApiError
 from .holder import ModelHolder
 
 
-async def submit(batcher: MicroBatcher, texts: list[str]):
+def overloaded(exc: Overloaded) -> ApiError:
+    return ApiError(503, str(exc), headers={"Retry-After": str(exc.retry_after_s)})
+
+
+async def submit(batcher: MicroBatcher, texts: list[str], follow_up: bool = False):
     try:
-        return await batcher.submit(texts)
+        return await batcher.submit(texts, follow_up=follow_up)
     except Overloaded as exc:
-        raise ApiError(503, str(exc),
-                       headers={"Retry-After": str(Overloaded.retry_after_s)}) from None
+        raise overloaded(exc) from None
+
+
+def is_small(texts: list[str]) -> bool:
+    """Work cheap enough to do on the event loop: a thread hop for it would wait in the
+    shared thread pool behind the splitting and screening of large requests."""
+    return len(texts) <= 4 and sum(len(t) for t in texts) <= 8_000
+
+
+CHORE_TEXTS = 8  # texts per piece of a large request's splitting or screening
+
+
+async def in_chores(batcher: MicroBatcher, small: bool, fn, items: list) -> list:
+    """fn over items, a list of per-item results. Small work runs inline; large work on the
+    encoder's own thread in pieces of CHORE_TEXTS, between encoder calls: on a small CPU a
+    second thread splitting or screening beside the encoder's threads slowed every encoder
+    call many times over (measured: one passage 0.6 s instead of 30 ms), and one long piece
+    would hold the /tag requests that arrive meanwhile."""
+    if small:
+        return fn(items)
+    out = []
+    for start in range(0, len(items), CHORE_TEXTS):
+        out.extend(await batcher.run_on_encoder_thread(fn, items[start:start + CHORE_TEXTS]))
+    return out
 
 
 async def tag_texts(holder: ModelHolder, batcher: MicroBatcher, texts: list[str],
@@ -32,11 +58,18 @@ async def tag_texts(holder: ModelHolder, batcher: MicroBatcher, texts: list[str]
                     ) -> tuple[Classifier, list[TagResult]]:
     """Results for texts (passages, or documents with their passage lists), one encoder
     call for all their passages and one more for the evidence sentences."""
+    small = is_small(texts)
+    if not small:
+        try:
+            batcher.refuse_early()
+        except Overloaded as exc:
+            raise overloaded(exc) from None
     splitter = holder.classifier  # splitting depends on the encoder only, not the version
     split = splitter.split if documents else splitter.passages_of
-    plans: list[list[Span]] = await asyncio.to_thread(lambda: [split(t) for t in texts])
+    plans: list[list[Span]] = await in_chores(batcher, small,
+                                              lambda chunk: [split(t) for t in chunk], texts)
     pieces = [t[s.start:s.end] for t, spans in zip(texts, plans) for s in spans]
-    classifier, probs, rejected = await cascade(holder, batcher, pieces)
+    classifier, probs, rejected = await cascade(holder, batcher, pieces, small)
     parts, k = [], 0
     build = classifier.document_result if documents else classifier.pooled_result
     results = []
@@ -50,12 +83,22 @@ async def tag_texts(holder: ModelHolder, batcher: MicroBatcher, texts: list[str]
     return classifier, results
 
 
-async def cascade(holder: ModelHolder, batcher: MicroBatcher, pieces: list[str]
-                  ) -> tuple[Classifier, np.ndarray, np.ndarray]:
+def screen_rows(screener: Classifier, chunk: list[str]):
+    """(passed, cheap rows or Nones) of a chunk: per-item, so chunks can be joined."""
+    passed, cheap = screener.screen(chunk)
+    return passed.tolist(), (list(cheap) if cheap is not None else [None] * len(chunk))
+
+
+async def cascade(holder: ModelHolder, batcher: MicroBatcher, pieces: list[str],
+                  small: bool = False) -> tuple[Classifier, np.ndarray, np.ndarray]:
     """(classifier, scores, prefiltered): the prefilter screens the pieces and only those it
     passes go through the batcher to the encoder."""
     screener = holder.classifier
-    passed, cheap = await asyncio.to_thread(screener.screen, pieces)
+    screened = await in_chores(batcher, small, lambda chunk: list(zip(*screen_rows(
+        screener, chunk))), pieces)
+    passed = np.array([ok for ok, _ in screened], dtype=bool)
+    cheap = None if not screened or screened[0][1] is None else np.stack(
+        [row for _, row in screened])
     chosen = [p for p, ok in zip(pieces, passed) if ok]
     if not chosen:
         return screener, screener.merge(passed, cheap, screener.head_scores([])), ~passed
@@ -74,7 +117,7 @@ async def add_evidence(classifier: Classifier, batcher: MicroBatcher, texts: lis
     sentences = [t[j.span.start:j.span.end] for t, doc in zip(texts, jobs) for j in doc]
     sentence_probs = classifier.head_scores([])
     if sentences:  # evidence is for the head's labels: sentences skip the prefilter
-        used, sentence_probs = await submit(batcher, sentences)
+        used, sentence_probs = await submit(batcher, sentences, follow_up=True)
         if used.version != classifier.version:  # the model was swapped in between
             sentence_probs = await asyncio.to_thread(classifier.head_scores, sentences)
     k = 0
