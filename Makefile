@@ -40,7 +40,7 @@ serve: setup-serve
 	$(VENV)/bin/tropes serve --host 127.0.0.1 --port 3000
 
 train: setup
-	$(VENV)/bin/tropes --precision fp32 train --no-cache
+	$(VENV)/bin/tropes --precision bf16 train --no-cache  # as the shipped model was trained
 
 lint: setup
 	$(VENV)/bin/ruff check .
