@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import re
 import statistics
 import time
 from pathlib import Path
@@ -72,7 +73,8 @@ async def loaded(url: str, sample: list[str], clients: int, seconds: float) -> d
                         stats["tag_ms"].append(ms)
                 elif r.status_code == 503:
                     stats["503"] += 1
-                    reason = f"{path}: {r.json().get('error', '')[:28]}"
+                    words = re.sub(r"[\d.]+ ", "N ", r.json().get("error", "")).split()
+                    reason = f"{path}: {' '.join(words[:6])}"
                     stats["503_reasons"][reason] = stats["503_reasons"].get(reason, 0) + 1
                     if "retry-after" not in r.headers:
                         stats["503_without_retry_after"] += 1
@@ -92,13 +94,15 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=60)
     parser.add_argument("--unloaded", type=int, default=100, help="unloaded /tag requests")
     args = parser.parse_args()
-    from tropes.http.launch import running_server
+    from tropes.http.launch import process_rss_mb, running_server
 
     sample = texts()
-    with running_server(ROOT / "models") as (url, _proc):
+    with running_server(ROOT / "models") as (url, proc):
         asyncio.run(unloaded(url, sample, 10))  # warm-up
         quiet = asyncio.run(unloaded(url, sample, args.unloaded))
+        rss_before = max(process_rss_mb(proc.pid).values())
         busy = asyncio.run(loaded(url, sample, args.clients, args.seconds))
+        rss_after = max(process_rss_mb(proc.pid).values())
     base = p99(quiet)
     print(f"unloaded /tag: p50 {statistics.median(quiet):.1f} ms, p99 {base:.1f} ms "
           f"({len(quiet)} requests)")
@@ -112,6 +116,7 @@ def main() -> None:
           f"other 5xx: {len(busy['other_5xx'])} {busy['other_5xx'][:3]}; "
           f"other non-200: {len(busy['other'])} {busy['other'][:3]}")
     print("503 by route and reason:", dict(sorted(busy["503_reasons"].items())))
+    print(f"worker RSS {rss_before:.0f} MB before the load, {rss_after:.0f} MB after")
 
 
 if __name__ == "__main__":

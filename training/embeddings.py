@@ -4,6 +4,7 @@ hashing encoder for fast tests, and an on-disk cache keyed by encoder and text h
 from __future__ import annotations
 
 import ctypes
+import functools
 import hashlib
 import os
 import re
@@ -129,13 +130,28 @@ class MiniLMEncoder:
                        encoder_version=self.finetuned["version"])
         return out
 
-    def count_tokens(self, text: str) -> int:
-        # the Rust tokenizer directly: transformers' tokenize() adds Python work per call
-        # (1.3x slower, measured) and the service splits on its event loop
+    @functools.cached_property
+    def _reader(self):
+        """A second Rust tokenizer, never truncating or padding, for counting and for the
+        prefilter's ids. Why not the model's: transformers switches that one's truncation on
+        and off on every call, so using it from two threads at once (the service splits
+        small requests on its event loop while the encoder thread tokenizes) fails with
+        "Already borrowed" or reads the other call's truncation; this one is never changed
+        after it is made, so any thread may read it."""
+        from tokenizers import Tokenizer
+
         backend = getattr(self.model.tokenizer, "backend_tokenizer", None)
         if backend is None:
+            return None
+        reader = Tokenizer.from_str(backend.to_str())
+        reader.no_truncation()
+        reader.no_padding()
+        return reader
+
+    def count_tokens(self, text: str) -> int:
+        if self._reader is None:
             return len(self.model.tokenizer.tokenize(text))
-        return len(backend.encode(text, add_special_tokens=False).ids)
+        return len(self._reader.encode(text, add_special_tokens=False).ids)
 
     @property
     def vocab_size(self) -> int:
@@ -146,7 +162,9 @@ class MiniLMEncoder:
         cascade's first stage reads them."""
         if not texts:
             return []
-        return self.model.tokenizer(list(texts), add_special_tokens=False)["input_ids"]
+        if self._reader is None:
+            return self.model.tokenizer(list(texts), add_special_tokens=False)["input_ids"]
+        return [e.ids for e in self._reader.encode_batch(list(texts), add_special_tokens=False)]
 
     def word_piece_vectors(self, batch: int = 1024) -> np.ndarray:
         """[vocab, dim]: each word piece encoded alone ([CLS] piece [SEP], mean of the

@@ -51,8 +51,8 @@ class Limits:
     max_queue_seconds: float = 10.0
     # a small request (a /tag) is admitted only when it is estimated to start encoding
     # within this many seconds, else 503 + Retry-After, so its latency stays near the
-    # unloaded one under any load (0 turns it off); here one passage takes ~15 ms
-    max_wait_seconds: float = 0.05
+    # unloaded one under any load (0 turns it off); here one passage takes 25-50 ms
+    max_wait_seconds: float = 0.1
 
 
 @dataclass(frozen=True)

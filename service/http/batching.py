@@ -10,6 +10,8 @@ wait, and one bounded queue gives a clear 503 with Retry-After."""
 from __future__ import annotations
 
 import asyncio
+import heapq
+import random
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
@@ -20,6 +22,13 @@ import numpy as np
 from ..classifier import Classifier
 from .holder import ModelHolder
 from .threads import ThreadTuner
+
+
+def retry_soon() -> int:
+    """Retry-After for a refused small request: 1 or 2 s at random, so clients that were
+    refused together do not all come back in the same instant, the same ones last each time
+    (measured: with a fixed 1 s, one client of 64 was refused 50 times in a row)."""
+    return random.choice((1, 2))
 
 
 class Overloaded(Exception):
@@ -68,7 +77,8 @@ class MicroBatcher:
     interactive client that is not there."""
 
     interactive_passages = 4
-    answer_within_waits = 4  # a small request not answered within 4 waits gets Overloaded
+    answer_within_waits = 3  # a small request not answered within 3 waits (+ its own
+    # encoding) gets Overloaded
     interactive_memory_s = 3.0  # how long one small request keeps encoder calls short
 
     def __init__(self, holder: ModelHolder, max_batch: int = 64, max_queue: int = 20_000,
@@ -85,7 +95,11 @@ class MicroBatcher:
         self.call_seconds = 0.0  # estimated length of the encoder call in flight
         self.queue: deque[_Request] = deque()
         self.large_turn = False  # alternates calls while small and large requests wait
-        self.chores: deque = deque()  # (fn, args, future) for run_on_encoder_thread
+        # heap of (since, seq, fn, args, future) for run_on_encoder_thread: the oldest
+        # request's pieces first, so concurrent large requests finish one by one instead of
+        # all together at the end
+        self.chores: list = []
+        self.chore_seq = 0
         self.chore_seconds: float | None = None  # measured, smoothed
         self.waiting = 0
         self.running = False
@@ -94,7 +108,9 @@ class MicroBatcher:
         self.seconds_per_passage: float | None = None  # measured, smoothed
 
     def queued_seconds(self, extra: int = 0) -> float:
-        return (self.waiting + extra) * (self.seconds_per_passage or 0.0)
+        """Encoder-thread seconds of work queued: passages, and splitting and screening."""
+        chores = len(self.chores) * (self.chore_seconds or 0.0)
+        return (self.waiting + extra) * (self.seconds_per_passage or 0.0) + chores
 
     def _interactive(self, size: int) -> bool:
         return self.max_wait_seconds is not None and size <= self.interactive_passages
@@ -108,13 +124,15 @@ class MicroBatcher:
         ahead = sum(r.remaining for r in self.queue if r.remaining <= size)
         return in_flight + ahead * (self.seconds_per_passage or 0.0)
 
-    async def run_on_encoder_thread(self, fn, *args):
+    async def run_on_encoder_thread(self, fn, *args, since: float | None = None):
         """fn(*args) (a large request's splitting or screening) on the encoder's thread,
         between two encoder calls, after the small requests waiting then: beside the
         encoder it would slow every call, and ahead of them it would hold them."""
         loop = asyncio.get_running_loop()
         future = loop.create_future()
-        self.chores.append((fn, args, future))
+        self.chore_seq += 1
+        heapq.heappush(self.chores, (time.monotonic() if since is None else since,
+                                     self.chore_seq, fn, args, future))
         self._start(loop)
         return await future
 
@@ -124,7 +142,7 @@ class MicroBatcher:
             loop.create_task(self._drain())
 
     async def _run_chore(self, loop) -> None:
-        fn, args, future = self.chores.popleft()
+        _, _, fn, args, future = heapq.heappop(self.chores)
         if future.done():  # the caller left
             return
         self.call_started = time.monotonic()
@@ -160,7 +178,7 @@ class MicroBatcher:
             if wait > self.max_wait_seconds:
                 raise Overloaded(f"the encoder is busy for about {wait:.2f} s, over the "
                                  f"{self.max_wait_seconds:g} s a small request may wait; "
-                                 "retry shortly", retry_after_s=1)
+                                 "retry shortly", retry_after_s=retry_soon())
             return  # it goes ahead of the large work, so the queue's length is not its wait
         if self.waiting == 0:
             return  # an idle encoder takes anything (limits on size are the routes')
@@ -185,14 +203,16 @@ class MicroBatcher:
         self._start(loop)
         if not interactive:
             return await request.future
+        allowed = self.answer_within_waits * self.max_wait_seconds + \
+            len(texts) * (self.seconds_per_passage or 0.0)  # + its own encoding
         try:  # a small request is answered in time or refused, never held
-            return await asyncio.wait_for(asyncio.shield(request.future),
-                                          self.answer_within_waits * self.max_wait_seconds)
+            return await asyncio.wait_for(asyncio.shield(request.future), allowed)
         except asyncio.TimeoutError:
             request.future.cancel()  # dropped before encoding if it has not started
-            raise Overloaded(f"not answered within {self.answer_within_waits} x "
-                             f"{self.max_wait_seconds:g} s, the time a small request is "
-                             "allowed; retry shortly", retry_after_s=1) from None
+            raise Overloaded(f"not answered within {allowed:.2f} s ({self.answer_within_waits}"
+                             f" x {self.max_wait_seconds:g} s and its own encoding), the "
+                             "time a small request is allowed; retry shortly",
+                             retry_after_s=retry_soon()) from None
 
     def _drop_abandoned(self) -> None:
         for r in [r for r in self.queue if r.future.done()]:  # cancelled: the caller left
@@ -206,7 +226,7 @@ class MicroBatcher:
             self._finish(r)
             r.future.set_exception(Overloaded(
                 f"not started within {2 * self.max_wait_seconds:g} s (twice the wait a "
-                "small request is allowed); retry shortly", retry_after_s=1))
+                "small request is allowed); retry shortly", retry_after_s=retry_soon()))
 
     def call_size(self) -> int:
         """Passages per encoder call: max_batch, or the small requests' wait of work while
@@ -226,6 +246,8 @@ class MicroBatcher:
         order = sorted(self.queue, key=lambda r: r.remaining)
         if self.large_turn:
             order = [r for r in order if not r.interactive]
+        elif order:  # the first small request is encoded whole, never across two calls
+            room = max(room, order[0].remaining)
         for r in order:
             if room == 0:
                 break

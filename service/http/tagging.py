@@ -8,6 +8,7 @@ passes are queued (and counted for admission) for the encoder."""
 from __future__ import annotations
 
 import asyncio
+import time
 
 import numpy as np
 
@@ -39,7 +40,8 @@ def is_small(texts: list[str]) -> bool:
 CHORE_TEXTS = 8  # texts per piece of a large request's splitting or screening
 
 
-async def in_chores(batcher: MicroBatcher, small: bool, fn, items: list) -> list:
+async def in_chores(batcher: MicroBatcher, small: bool, fn, items: list,
+                    since: float | None = None) -> list:
     """fn over items, a list of per-item results. Small work runs inline; large work on the
     encoder's own thread in pieces of CHORE_TEXTS, between encoder calls: on a small CPU a
     second thread splitting or screening beside the encoder's threads slowed every encoder
@@ -49,7 +51,8 @@ async def in_chores(batcher: MicroBatcher, small: bool, fn, items: list) -> list
         return fn(items)
     out = []
     for start in range(0, len(items), CHORE_TEXTS):
-        out.extend(await batcher.run_on_encoder_thread(fn, items[start:start + CHORE_TEXTS]))
+        out.extend(await batcher.run_on_encoder_thread(fn, items[start:start + CHORE_TEXTS],
+                                                       since=since))
     return out
 
 
@@ -58,6 +61,7 @@ async def tag_texts(holder: ModelHolder, batcher: MicroBatcher, texts: list[str]
                     ) -> tuple[Classifier, list[TagResult]]:
     """Results for texts (passages, or documents with their passage lists), one encoder
     call for all their passages and one more for the evidence sentences."""
+    since = time.monotonic()  # the request's age orders its pieces of work
     small = is_small(texts)
     if not small:
         try:
@@ -67,9 +71,10 @@ async def tag_texts(holder: ModelHolder, batcher: MicroBatcher, texts: list[str]
     splitter = holder.classifier  # splitting depends on the encoder only, not the version
     split = splitter.split if documents else splitter.passages_of
     plans: list[list[Span]] = await in_chores(batcher, small,
-                                              lambda chunk: [split(t) for t in chunk], texts)
+                                              lambda chunk: [split(t) for t in chunk], texts,
+                                              since)
     pieces = [t[s.start:s.end] for t, spans in zip(texts, plans) for s in spans]
-    classifier, probs, rejected = await cascade(holder, batcher, pieces, small)
+    classifier, probs, rejected = await cascade(holder, batcher, pieces, small, since)
     parts, k = [], 0
     build = classifier.document_result if documents else classifier.pooled_result
     results = []
@@ -90,12 +95,13 @@ def screen_rows(screener: Classifier, chunk: list[str]):
 
 
 async def cascade(holder: ModelHolder, batcher: MicroBatcher, pieces: list[str],
-                  small: bool = False) -> tuple[Classifier, np.ndarray, np.ndarray]:
+                  small: bool = False, since: float | None = None
+                  ) -> tuple[Classifier, np.ndarray, np.ndarray]:
     """(classifier, scores, prefiltered): the prefilter screens the pieces and only those it
     passes go through the batcher to the encoder."""
     screener = holder.classifier
     screened = await in_chores(batcher, small, lambda chunk: list(zip(*screen_rows(
-        screener, chunk))), pieces)
+        screener, chunk))), pieces, since)
     passed = np.array([ok for ok, _ in screened], dtype=bool)
     cheap = None if not screened or screened[0][1] is None else np.stack(
         [row for _, row in screened])
