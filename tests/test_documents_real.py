@@ -27,8 +27,6 @@ def test_blackmail_document_labels_and_evidence(classifier):
     assert gardening and all(p["labels"] == [] for p in gardening)
 
 
-@pytest.mark.xfail(strict=True, reason="known model miss: the shipped model scores the "
-                   "blackmail paragraph manipulation 0.31 against its 0.46 threshold")
 def test_blackmail_document_reads_as_manipulation_too(classifier):
     assert "manipulation" in classifier.tag_documents([DOC])[0].labels
 
