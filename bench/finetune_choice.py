@@ -22,7 +22,7 @@ RECIPES = {
 
 def main() -> None:
     import torch
-    from sklearn.metrics import average_precision_score
+    from choice_metrics import held_out_scores
 
     from tropes.training.finetune import (
         FinetuneConfig,
@@ -30,9 +30,7 @@ def main() -> None:
         finetune_body,
         group_targets,
     )
-    from tropes.training.head import fit_head
     from tropes.training.labelset import read_labels
-    from tropes.training.thresholds import pick_thresholds
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--recipes", default="bce256,bce128")
@@ -55,27 +53,8 @@ def main() -> None:
         with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
             vectors = model.encode(texts, batch_size=16, convert_to_tensor=True,
                                    normalize_embeddings=True).float().numpy()
-        head, _, _ = fit_head(vectors[fit_idx], y[fit_idx])
-        probs = head.predict_proba(vectors[val_idx])
-        yv = y[val_idx]
-        ap = float(np.mean([average_precision_score(yv[:, j], probs[:, j])
-                            for j in range(y.shape[1])]))
-        # thresholds by 2-fold within the validation sixth: comparable across recipes
-        halves = [val_idx[::2], val_idx[1::2]]
-        f1s, flagged = [], []
-        for a, b in (halves, halves[::-1]):
-            pa = head.predict_proba(vectors[a])
-            cut = np.asarray(pick_thresholds(pa, y[a]))
-            pred = head.predict_proba(vectors[b]) >= cut
-            yb = y[b]
-            tp = (pred & (yb == 1)).sum(0)
-            f1 = 2 * tp / np.maximum(pred.sum(0) + yb.sum(0), 1)
-            f1s.append(float(f1.mean()))
-            none = yb.sum(1) == 0
-            flagged.append(float(pred[none].any(1).mean()))
-        row = {"recipe": recipe, "epoch": epoch, "val_mean_ap": round(ap, 4),
-               "val_macro_f1": round(float(np.mean(f1s)), 4),
-               "val_none_flagged": round(float(np.mean(flagged)), 4),
+        row = {"recipe": recipe, "epoch": epoch,
+               **held_out_scores(vectors, y, groups, fit_idx, val_idx),
                "minutes": round((time.time() - started) / 60, 1)}
         rows.append(row)
         print(json.dumps(row), flush=True)
