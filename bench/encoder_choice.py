@@ -35,7 +35,6 @@ def main() -> None:
 
     labels = read_labels(Path(args.labels_dir))
     texts, y = labels.matrix("train")
-    groups = [lb.group for lb in labels.taxonomy.labels]
     seen = np.zeros(len(texts), dtype=bool)
     for v in versions:
         seen |= seen_mask(texts, read_encoder_record(models_dir, v))
@@ -47,7 +46,7 @@ def main() -> None:
                                models_dir=models_dir)
         vectors, _ = embed_with_cache(encoder, texts, REPO / ".cache", progress=True)
         row = {"encoder": v or "frozen base",
-               **held_out_scores(vectors, y, groups, fit_idx, val_idx)}
+               **held_out_scores(vectors, y, labels.taxonomy, fit_idx, val_idx)}
         rows.append(row)
         print(json.dumps(row), flush=True)
     out = REPO / "bench" / "out"

@@ -54,7 +54,7 @@ def main() -> None:
             vectors = model.encode(texts, batch_size=16, convert_to_tensor=True,
                                    normalize_embeddings=True).float().numpy()
         row = {"recipe": recipe, "epoch": epoch,
-               **held_out_scores(vectors, y, groups, fit_idx, val_idx),
+               **held_out_scores(vectors, y, labels.taxonomy, fit_idx, val_idx),
                "minutes": round((time.time() - started) / 60, 1)}
         rows.append(row)
         print(json.dumps(row), flush=True)
