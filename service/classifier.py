@@ -8,8 +8,12 @@ no labels, portrayal "none", `extra["prefiltered"] = True`, and every score (lab
 groups) from the cheap stage: min(p, just under that label's or group's threshold), where p
 is the prefilter's probability that any label applies, calibrated on labels/train (whose
 mix is about half positive, so on ordinary text it overstates the chance; it is an upper
-estimate, never a head score). `prefilter=False` (Settings.prefilter, TROPES_PREFILTER=0,
-`tropes --no-prefilter`) sends every passage to the encoder."""
+estimate, never a head score). A model that also carries an early exit
+(tropes.training.early_exit) runs the passages the prefilter passes through the encoder's
+first layers, and stops there those its second cheap stage rejects: same result shape, same
+marker, scores min(p, just under the threshold) from that stage. `prefilter=False`
+(Settings.prefilter, TROPES_PREFILTER=0, `tropes --no-prefilter`) turns both stages off and
+sends every passage through the whole encoder."""
 
 from __future__ import annotations
 
@@ -49,6 +53,8 @@ class Classifier:
         self.misaligned = np.array([g == "misaligned" for g in model.groups])
         self.window = max(encoder.max_tokens - WINDOW_MARGIN, 16)
         self.prefilter = model.prefilter if prefilter else None
+        self.early_exit = model.early_exit if prefilter and hasattr(
+            encoder, "encode_with_exit") else None
         if self.prefilter is not None and self.prefilter.uses_tokens:
             vocab = getattr(encoder, "vocab_size", None)
             if vocab != len(self.prefilter.token_weights):
@@ -80,6 +86,28 @@ class Classifier:
         features = build_features(self.encoder.encode(texts), self.model.prototypes)
         return self.model.head.predict_proba(features)
 
+    def exit_scores(self, texts: list[str], may_exit: np.ndarray | None = None
+                    ) -> tuple[np.ndarray, np.ndarray]:
+        """(scores, exited): the head's scores, except for the texts the early exit stops
+        (scores from it, under every threshold). may_exit: which texts may stop there
+        (default all; evidence sentences may not). The service's batcher calls this."""
+        n = len(texts)
+        if self.early_exit is None or not texts or (may_exit is not None
+                                                    and not np.any(may_exit)):
+            return self.head_scores(texts), np.zeros(n, dtype=bool)
+        may = np.ones(n, dtype=bool) if may_exit is None else np.asarray(may_exit, dtype=bool)
+        stage = self.early_exit
+        features, kept, vectors = self.encoder.encode_with_exit(
+            texts, stage.layer, lambda rows, f: ~may[rows] | stage.keeps(f))
+        out = np.zeros((n, self.n_scores))
+        if kept.any():
+            out[kept] = self.model.head.predict_proba(
+                build_features(vectors, self.model.prototypes))
+        if not kept.all():
+            p = stage.probability(features[~kept])
+            out[~kept] = np.minimum(p[:, None], self.cheap_caps[None, :])
+        return out, ~kept
+
     def screen(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray | None]:
         """The cascade's first stage: (passed, cheap scores). passed[i] says whether text i
         goes on to the encoder; the cheap scores (None without a prefilter) stand in for the
@@ -102,10 +130,19 @@ class Classifier:
         return out
 
     def cascade_scores(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
-        """(scores, prefiltered): the encoder sees only the texts the prefilter passes."""
+        """(scores, prefiltered): the encoder sees only the texts the prefilter passes, and
+        only those the early exit passes go through all its layers."""
         passed, cheap = self.screen(texts)
-        encoded = self.head_scores([t for t, ok in zip(texts, passed) if ok])
-        return self.merge(passed, cheap, encoded), ~passed
+        encoded, exited = self.exit_scores([t for t, ok in zip(texts, passed) if ok])
+        return self.merge(passed, cheap, encoded), self.rejected(passed, exited)
+
+    @staticmethod
+    def rejected(passed: np.ndarray, exited: np.ndarray) -> np.ndarray:
+        """Per text, whether a cheap stage stopped it: the prefilter, or the early exit
+        (exited: one flag per passed text, in order)."""
+        out = ~np.asarray(passed, dtype=bool)
+        out[np.flatnonzero(~out)] = np.asarray(exited, dtype=bool)
+        return out
 
     def scores(self, texts: list[str]) -> np.ndarray:
         """Calibrated scores, one column per label, then one per group: the head's, or the

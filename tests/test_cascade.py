@@ -65,7 +65,7 @@ def texts_by_verdict(classifier):
 def test_trained_model_carries_a_prefilter_that_round_trips(hashing_workspace):
     folder = hashing_workspace.models_dir / "v1"
     meta = json.loads((folder / "model.json").read_text())
-    assert meta["format_version"] == FORMAT_VERSION == 3
+    assert meta["format_version"] == FORMAT_VERSION == 4
     section = meta["prefilter"]
     assert section["kind"] == "hashed_ngrams_lr" and section["tokens"] is None
     assert meta["files"]["prefilter.npz"] == section["sha256"]
@@ -99,11 +99,13 @@ def test_version_without_prefilter_still_loads_with_no_cascade(workspace):
     folder = workspace.models_dir / "v1"
     meta = json.loads((folder / "model.json").read_text())
     del meta["prefilter"], meta["files"]["prefilter.npz"]
+    del meta["early_exit"], meta["files"]["early_exit.npz"]
     meta["format_version"] = 2
     (folder / "model.json").write_text(json.dumps(meta))
     (folder / "prefilter.npz").unlink()
+    (folder / "early_exit.npz").unlink()
     model = load_model(workspace.models_dir, "v1")
-    assert model.prefilter is None
+    assert model.prefilter is None and model.early_exit is None
     encoder = CountingEncoder()
     results = Classifier(model, encoder).tag(ORDINARY + [AI])
     assert encoder.seen == ORDINARY + [AI]

@@ -43,7 +43,7 @@ def test_concurrent_requests_are_merged_and_answered_in_order():
 
     first, rest = asyncio.run(main())
     assert holder.classifier.calls == [1, 20]  # ten waiting requests became one batch
-    for i, (predictor, probs) in enumerate(rest, 1):
+    for i, (predictor, probs, _) in enumerate(rest, 1):
         assert predictor.version == "v-slow"
         assert probs[:, 0].tolist() == [i, i + 100]
 
@@ -61,7 +61,7 @@ def test_past_the_queue_limit_new_work_is_refused():
         await busy
         return await batcher.submit(["e 5"])  # accepted again once the queue drains
 
-    _, probs = asyncio.run(main())
+    _, probs, _ = asyncio.run(main())
     assert probs[0, 0] == 5
 
 
@@ -105,7 +105,7 @@ def test_a_small_request_is_not_held_behind_a_big_batch():
         holder.classifier.gate.set()
         return await first, await big, await small
 
-    _, (_, big_probs), (_, small_probs) = asyncio.run(main())
+    _, (_, big_probs, _), (_, small_probs, _) = asyncio.run(main())
     assert done_order == ["first", "small", "big"]
     assert big_probs[:, 0].tolist() == list(range(300))  # pieces reassembled in order
     assert small_probs[:, 0].tolist() == [7]
@@ -129,7 +129,7 @@ def test_a_split_request_is_answered_by_one_model_version():
         holder.classifier.gate.set()
         return await task
 
-    classifier, probs = asyncio.run(main())
+    classifier, probs, _ = asyncio.run(main())
     assert classifier is old and sum(old.calls) == 10 and holder.classifier.calls == []
     assert probs[:, 0].tolist() == list(range(10))
 
@@ -150,7 +150,7 @@ def test_admission_is_in_encoder_seconds():
         await busy
         return await small
 
-    _, probs = asyncio.run(main())
+    _, probs, _ = asyncio.run(main())
     assert probs[0, 0] == 1
     assert batcher.seconds_per_passage is not None
 
@@ -170,7 +170,7 @@ def test_work_whose_caller_left_is_not_encoded():
         await first
         return await batcher.submit(["z 3"])
 
-    _, probs = asyncio.run(main())
+    _, probs, _ = asyncio.run(main())
     assert holder.classifier.calls == [1, 1] and probs[0, 0] == 3
     assert batcher.waiting == 0
 
@@ -193,7 +193,7 @@ class TimedClassifier:
 async def timed_small(batcher, i):
     start = time.monotonic()
     try:
-        _, probs = await batcher.submit([f"s {i}"])
+        _, probs, _ = await batcher.submit([f"s {i}"])
     except Overloaded as exc:
         return "refused", exc.retry_after_s
     assert probs[0, 0] == i
@@ -220,7 +220,7 @@ def test_small_requests_among_big_batches_are_served_within_budget_or_refused():
     assert len(served) >= 10, small  # most fit: calls are short while small requests come
     assert max(served) <= 0.3 + 0.1, sorted(served)[-5:]  # three waits + slack, not 0.64 s
     assert all(after in (1, 2) for kind, after in small if kind == "refused")
-    for _, probs in big:  # the big requests were still answered whole and in order
+    for _, probs, _ in big:  # the big requests were still answered whole and in order
         assert probs[:, 0].tolist() == list(range(120))
     # while small requests came, calls held one wait of work: 0.1 s / 0.01 s
     assert max(holder.classifier.calls[1:6]) <= 10, holder.classifier.calls
@@ -255,7 +255,7 @@ def test_a_small_request_not_started_in_time_is_refused_not_held():
             await late
         return first, refused.value.retry_after_s
 
-    (_, probs), after = asyncio.run(main())
+    (_, probs, _), after = asyncio.run(main())
     assert probs[:, 0].tolist() == list(range(8)) and after in (1, 2)
     assert batcher.waiting == 0
 

@@ -24,7 +24,7 @@ def test_artifact_layout_and_metadata(hashing_workspace):
                  "reliability.png", "MODEL_CARD.md"):
         assert (folder / name).is_file(), name
     meta = json.loads((folder / "model.json").read_text())
-    assert meta["format_version"] == 3 and meta["version"] == "v1"
+    assert meta["format_version"] == 4 and meta["version"] == "v1"
     labels = read_labels(hashing_workspace.labels_dir)
     assert [e["id"] for e in meta["labels"]] == labels.taxonomy.ids
     assert meta["training_data"]["sha256"] == labels.data_hash()

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .early_exit import FILE as EARLY_EXIT_FILE
+from .early_exit import EarlyExit
 from .errors import TropesError
 from .head import Head
 from .prefilter import FILE as PREFILTER_FILE
@@ -32,8 +34,10 @@ from .prefilter import Prefilter
 # 1: labels only. 2: + group rows (misaligned, aligned), gate, fine-tuned encoder_version.
 # 3: + optional `prefilter` (the cascade's first stage: its config, threshold and CV numbers)
 # with its arrays in prefilter.npz (listed in files); a version without it has no cascade.
-FORMAT_VERSION = 3
-READABLE_FORMATS = (1, 2, 3)
+# 4: + optional `early_exit` (the cascade's second stage inside the encoder: its layer,
+# threshold and CV numbers) with its arrays in early_exit.npz (coef [dim], intercept [1]).
+FORMAT_VERSION = 4
+READABLE_FORMATS = (1, 2, 3, 4)
 LATEST = "LATEST"
 VERSION_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 REQUIRED_FILES = ("model.json", "weights.npz")
@@ -57,6 +61,7 @@ class Model:
     group_thresholds: dict[str, list[float]] = field(default_factory=dict)
     gate: bool = False  # a label needs its group's score over the group threshold too
     prefilter: Prefilter | None = None  # the cascade's first stage (format 3), if trained
+    early_exit: EarlyExit | None = None  # its second stage (format 4), if trained
 
     def group_threshold_vector(self, profile: str | None = None) -> np.ndarray:
         name = profile or self.default_profile
@@ -133,6 +138,11 @@ def write_model(models_dir: Path, model: Model,
             np.savez_compressed(tmp / PREFILTER_FILE, **model.prefilter.arrays())
             files[PREFILTER_FILE] = file_sha256(tmp / PREFILTER_FILE)
             meta["prefilter"] = model.prefilter.section(files[PREFILTER_FILE])
+        meta.pop("early_exit", None)
+        if model.early_exit is not None:
+            np.savez(tmp / EARLY_EXIT_FILE, **model.early_exit.arrays())
+            files[EARLY_EXIT_FILE] = file_sha256(tmp / EARLY_EXIT_FILE)
+            meta["early_exit"] = model.early_exit.section(files[EARLY_EXIT_FILE])
         meta.update({
             "format_version": FORMAT_VERSION,
             "version": model.version,
@@ -247,7 +257,40 @@ def _load_checked(models_dir: Path, version: str | None) -> Model:
                  prototypes=prototypes.astype(np.float32), thresholds=record.thresholds,
                  default_profile=record.default_profile, meta=meta,
                  group_ids=record.group_ids, group_thresholds=record.group_thresholds,
-                 gate=record.gate, prefilter=_load_prefilter(folder, meta, version))
+                 gate=record.gate, prefilter=_load_prefilter(folder, meta, version),
+                 early_exit=_load_early_exit(folder, meta, version, record.dim))
+
+
+def _read_arrays(folder: Path, name: str, sha256: str, version: str) -> dict:
+    path = folder / name
+    if not path.is_file():
+        raise ArtifactError(f"model {version}: missing file {name}")
+    if file_sha256(path) != sha256:
+        raise ArtifactError(f"model {version}: {name} does not match its recorded sha256 "
+                            "(truncated or modified)")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return {key: data[key] for key in data.files}
+    except Exception as exc:  # noqa: BLE001 - numpy raises many kinds for a damaged zip
+        raise ArtifactError(f"model {version}: cannot read {name} ({exc})") from None
+
+
+def _load_early_exit(folder: Path, meta: dict, version: str, dim: int | None
+                     ) -> EarlyExit | None:
+    """The cascade's second stage, checked whole; None for a version without one."""
+    from .artifact_checks import check_early_exit
+
+    section = meta.get("early_exit")
+    if section is None:
+        return None
+    if meta.get("format_version", 0) < 4:
+        raise ArtifactError(f"model {version}: model.json 'early_exit' needs format_version 4")
+    check_early_exit(section, meta.get("files"), version, dim)
+    arrays = _read_arrays(folder, EARLY_EXIT_FILE, section["sha256"], version)
+    check_early_exit(section, meta.get("files"), version, dim, arrays)
+    return EarlyExit(layer=int(section["layer"]), coef=arrays["coef"].astype(np.float32),
+                     intercept=float(arrays["intercept"][0]),
+                     threshold=float(section["threshold"]), report=section.get("cv"))
 
 
 def _load_prefilter(folder: Path, meta: dict, version: str) -> Prefilter | None:
@@ -260,17 +303,7 @@ def _load_prefilter(folder: Path, meta: dict, version: str) -> Prefilter | None:
     if meta.get("format_version", 0) < 3:
         raise ArtifactError(f"model {version}: model.json 'prefilter' needs format_version 3")
     check_prefilter_meta(section, meta.get("files"), version)
-    path = folder / PREFILTER_FILE
-    if not path.is_file():
-        raise ArtifactError(f"model {version}: missing file {PREFILTER_FILE}")
-    if file_sha256(path) != section["sha256"]:
-        raise ArtifactError(f"model {version}: {PREFILTER_FILE} does not match its recorded "
-                            "sha256 (truncated or modified)")
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            arrays = {name: data[name] for name in data.files}
-    except Exception as exc:  # noqa: BLE001 - numpy raises many kinds for a damaged zip
-        raise ArtifactError(f"model {version}: cannot read {PREFILTER_FILE} ({exc})") from None
+    arrays = _read_arrays(folder, PREFILTER_FILE, section["sha256"], version)
     check_prefilter_arrays(arrays, section, version)
     tokens = arrays.get("token_weights")
     return Prefilter(ngram_coef=arrays["ngram_coef"].astype(np.float32),

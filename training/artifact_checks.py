@@ -175,6 +175,50 @@ def check_prefilter_arrays(arrays: dict, section: dict, version: str) -> None:
                                 f"+-{MAX_WEIGHT:g}")
 
 
+def check_early_exit(section, files, version: str, dim: int | None,
+                     arrays: dict | None = None) -> None:
+    """model.json's `early_exit` (format 4): kind, file and sha256, a layer inside the
+    encoder, a threshold in [0, 1]; with arrays, early_exit.npz: coef [dim] and intercept
+    [1], finite real floats within MAX_WEIGHT."""
+    from .early_exit import FILE, KIND
+
+    def bad(where: str, why: str):
+        return ArtifactError(f"model {version}: model.json 'early_exit{where}' {why}")
+
+    if not isinstance(section, dict):
+        raise bad("", "must be an object")
+    if section.get("kind") != KIND:
+        raise bad(".kind", f"must be {KIND!r}, not {section.get('kind')!r}")
+    if section.get("file") != FILE:
+        raise bad(".file", f"must be {FILE!r}")
+    sha = section.get("sha256")
+    if not isinstance(sha, str) or not isinstance(files, dict) or files.get(FILE) != sha:
+        raise bad(".sha256", f"must be a string that 'files' lists for {FILE}")
+    if not _count(section.get("layer")) or section["layer"] > 64:
+        raise bad(".layer", f"must be a positive integer, not {section.get('layer')!r}")
+    if not _count(section.get("dim")) or (dim is not None and section["dim"] != dim):
+        raise bad(".dim", f"must be the encoder's dimension {dim}, not {section.get('dim')!r}")
+    threshold = section.get("threshold")
+    if not _number(threshold) or not 0.0 <= threshold <= 1.0:
+        raise bad(".threshold", f"must be a number in [0, 1], not {threshold!r}")
+    if not isinstance(section.get("cv", {}), dict):
+        raise bad(".cv", "must be an object")
+    if arrays is None:
+        return
+    expected = {"coef": (section["dim"],), "intercept": (1,)}
+    if set(arrays) != set(expected):
+        raise ArtifactError(f"model {version}: {FILE} holds {sorted(arrays)}; expected "
+                            f"{sorted(expected)}")
+    for name, shape in expected.items():
+        array = arrays[name]
+        if array.dtype.kind != "f" or array.shape != shape:
+            raise ArtifactError(f"model {version}: {FILE} {name} must be floats of shape "
+                                f"{shape}, not {array.dtype} {array.shape}")
+        if not np.isfinite(array).all() or (array.size and np.abs(array).max() > MAX_WEIGHT):
+            raise ArtifactError(f"model {version}: {FILE} {name} holds NaN, infinite or "
+                                f"out-of-range values")
+
+
 def check_hashing(hashing, bad) -> None:
     """The prefilter's vectorizer parameters: exactly the keys this tropes rebuilds it from."""
     from .prefilter import HASHING, MAX_FEATURES

@@ -204,6 +204,103 @@ class MiniLMEncoder:
         self._release_memory()
         return vectors
 
+    @property
+    def n_layers(self) -> int:
+        return len(self.model[0].auto_model.encoder.layer)
+
+    def _autocast(self):
+        torch = self._torch
+        return torch.autocast(self.device.split(":")[0], dtype=torch.bfloat16,
+                              enabled=self.precision == "bf16")
+
+    def _run_layers(self, hidden, mask, start: int, stop: int):
+        """Transformer layers [start, stop) over hidden states; mask: [batch, length] 0/1."""
+        from transformers.masking_utils import create_bidirectional_mask
+
+        body = self.model[0].auto_model
+        attention = create_bidirectional_mask(config=body.config, inputs_embeds=hidden,
+                                              attention_mask=mask)
+        for layer in body.encoder.layer[start:stop]:
+            hidden = layer(hidden, attention)
+        return hidden
+
+    def _embed_batch(self, texts: list[str]):
+        """(input hidden states, mask) of one batch, tokenized as the model's encode does."""
+        features = self.model.preprocess(texts)
+        ids = features["input_ids"].to(self.device)
+        mask = features["attention_mask"].to(self.device)
+        types = features.get("token_type_ids")
+        hidden = self.model[0].auto_model.embeddings(
+            input_ids=ids, token_type_ids=None if types is None else types.to(self.device))
+        return hidden, mask
+
+    @staticmethod
+    def _mean_pool(hidden, mask):
+        weights = mask.unsqueeze(-1).to(hidden.dtype)
+        return (hidden * weights).sum(1) / weights.sum(1).clamp(min=1e-9)
+
+    def _length_order(self, texts: list[str]) -> np.ndarray:
+        return np.argsort([-len(t) for t in texts], kind="stable")
+
+    def layer_features(self, texts: list[str], layer: int) -> np.ndarray:
+        """[n, dim]: the mean over word pieces of layer `layer`'s hidden states (the
+        early exit's input), for fitting the exit in training."""
+        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        order = self._length_order(texts)
+        with self._torch.inference_mode(), self._autocast():
+            for start in range(0, len(texts), self.batch_size):
+                rows = order[start:start + self.batch_size]
+                hidden, mask = self._embed_batch([texts[i] for i in rows])
+                hidden = self._run_layers(hidden, mask, 0, layer)
+                out[rows] = self._mean_pool(hidden.float(), mask).cpu().numpy()
+        self._release_memory()
+        return out
+
+    def encode_with_exit(self, texts: list[str], layer: int, keep
+                         ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The encoder with an early exit after `layer`: keep(rows, features [b, dim]) ->
+        bool [b] says which texts (rows: their indices in texts) go on through the remaining
+        layers. Returns (exit features [n, dim],
+        kept [n], embeddings of the kept texts in input order [kept.sum(), dim]). The kept
+        texts' hidden states are regrouped into full batches for the remaining layers, so
+        their embeddings match `encode`'s (the same arithmetic on the same rows)."""
+        torch = self._torch
+        n = len(texts)
+        features = np.zeros((n, self.dim), dtype=np.float32)
+        kept = np.zeros(n, dtype=bool)
+        order = self._length_order(texts)
+        carried: list[tuple[int, object]] = []  # (row, its hidden states without padding)
+        with torch.inference_mode(), self._autocast():
+            for start in range(0, n, self.batch_size):
+                rows = order[start:start + self.batch_size]
+                hidden, mask = self._embed_batch([texts[i] for i in rows])
+                hidden = self._run_layers(hidden, mask, 0, layer)
+                pooled = self._mean_pool(hidden.float(), mask).cpu().numpy()
+                features[rows] = pooled
+                go_on = np.asarray(keep(rows, pooled), dtype=bool)
+                kept[rows] = go_on
+                lengths = mask.sum(1).tolist()
+                carried += [(int(rows[j]), hidden[j, :lengths[j]])
+                            for j in np.flatnonzero(go_on)]
+            vectors = {}
+            for start in range(0, len(carried), self.batch_size):
+                group = carried[start:start + self.batch_size]
+                longest = max(h.shape[0] for _, h in group)
+                hidden = torch.zeros((len(group), longest, self.dim), dtype=group[0][1].dtype,
+                                     device=group[0][1].device)
+                mask = torch.zeros((len(group), longest), dtype=torch.long, device=hidden.device)
+                for j, (_, h) in enumerate(group):
+                    hidden[j, :h.shape[0]] = h
+                    mask[j, :h.shape[0]] = 1
+                hidden = self._run_layers(hidden, mask, layer, self.n_layers)
+                pooled = torch.nn.functional.normalize(self._mean_pool(hidden.float(), mask),
+                                                       dim=1).cpu().numpy()
+                vectors.update({row: vec for (row, _), vec in zip(group, pooled)})
+        embeddings = np.stack([vectors[i] for i in np.flatnonzero(kept)]) if vectors else \
+            np.zeros((0, self.dim), dtype=np.float32)
+        self._release_memory()
+        return features, kept, embeddings.astype(np.float32, copy=False)
+
     def _release_memory(self) -> None:
         """Hand freed activation memory back to the OS (glibc keeps it otherwise), at most
         once a second so single requests do not pay for it."""
@@ -221,7 +318,10 @@ class MiniLMEncoder:
 
 
 class HashingEncoder:
-    """Bag of hashed words and word pairs: deterministic, instant, for tests only."""
+    """Bag of hashed words and word pairs: deterministic, instant, for tests only. It has
+    no layers, but plays the early exit's part: its "layer features" are its vectors."""
+
+    n_layers = 6  # as MiniLM-L6, so the early exit after layer 2 can be trained and tested
 
     PACKAGE = "tropes.hashing"
 
@@ -237,6 +337,16 @@ class HashingEncoder:
 
     def count_tokens(self, text: str) -> int:
         return len(re.findall(r"\w+|[^\w\s]", text))
+
+    def layer_features(self, texts: list[str], layer: int) -> np.ndarray:
+        return self.encode(texts)
+
+    def encode_with_exit(self, texts: list[str], layer: int, keep
+                         ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        vectors = self.encode(texts)
+        kept = np.asarray(keep(np.arange(len(texts)), vectors), dtype=bool) if texts else \
+            np.zeros(0, dtype=bool)
+        return vectors, kept, vectors[kept]
 
     def encode(self, texts: list[str]) -> np.ndarray:
         out = np.zeros((len(texts), self.dim), dtype=np.float32)

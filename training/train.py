@@ -16,6 +16,8 @@ from pathlib import Path
 import numpy as np
 
 from .artifact import ArtifactError, Model, load_model, new_version_id, set_latest, write_model
+from .early_exit import LAYER as EXIT_LAYER
+from .early_exit import EarlyExit, fit_early_exit
 from .embeddings import embed_with_cache, encoder_for_model, load_encoder, resolve_precision
 from .encoder_store import list_encoders, read_encoder_record, seen_mask
 from .errors import TropesError
@@ -157,6 +159,8 @@ def train(settings: Settings, min_recall: float | None = None, force: bool = Fal
                   group_thresholds=chosen.groups, gate=chosen.gate)
     model.prefilter = train_prefilter(labels, encoder, groups, settings.cache_dir if use_cache
                                       else None)
+    model.early_exit = train_early_exit(labels, encoder, groups, calibrate,
+                                        settings.cache_dir if use_cache else None, progress)
     test_scores = head.predict_proba(x_test)
     metrics = {
         "cv": evaluate(taxonomy, y_train[calibrate], model.present(oof_probs[calibrate])),
@@ -168,6 +172,9 @@ def train(settings: Settings, min_recall: float | None = None, force: bool = Fal
         "prefilter": {"cv": model.prefilter.report,
                       "test": prefilter_test(model.prefilter, encoder, labels, groups)},
     }
+    if model.early_exit is not None:
+        metrics["early_exit"] = {"cv": model.early_exit.report, "test": early_exit_test(
+            model, encoder, labels, groups, settings.cache_dir if use_cache else None)}
     model.meta = {
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "encoder": encoder.describe(),
@@ -234,6 +241,58 @@ def prefilter_test(prefilter: Prefilter, encoder, labels, groups: list[str]) -> 
     return {"n": len(texts), "misaligned_recall": share(y_mis), "any_label_recall":
             share(y_any), "ordinary_passages": int(ordinary.sum()),
             "ordinary_pass_rate": share(ordinary), "negative_pass_rate": share(~y_any)}
+
+
+class LayerFeatures:
+    """embed_with_cache's view of an encoder's layer-k mean hidden states (cached by text
+    under the encoder's key and the layer)."""
+
+    def __init__(self, encoder, layer: int):
+        self.encoder, self.layer = encoder, layer
+        self.key = f"{encoder.key}-layer{layer}"
+
+    def encode(self, texts: list[str]) -> np.ndarray:
+        return self.encoder.layer_features(texts, self.layer)
+
+
+def train_early_exit(labels, encoder, groups: list[str], calibrate: np.ndarray, cache_dir,
+                     progress: bool = False) -> EarlyExit | None:
+    """The cascade's second stage (tropes.training.early_exit), from labels/train only; None
+    for an encoder without layers to exit after."""
+    if not hasattr(encoder, "layer_features") or encoder.n_layers <= EXIT_LAYER:
+        return None
+    passages = labels.split("train")
+    features, _ = embed_with_cache(LayerFeatures(encoder, EXIT_LAYER),
+                                   [p.text for p in passages], cache_dir, progress=progress)
+    y_any, y_mis, ordinary = _prefilter_targets(passages, groups, labels.taxonomy.ids)
+    return fit_early_exit(features, y_any, y_mis, calibrate, ordinary)
+
+
+def early_exit_test(model: Model, encoder, labels, groups: list[str], cache_dir) -> dict:
+    """Reported only: what the second stage passes of labels/test, alone and behind the
+    prefilter."""
+    passages = labels.split("test")
+    if not passages:
+        return {}
+    texts = [p.text for p in passages]
+    y_any, y_mis, ordinary = _prefilter_targets(passages, groups, labels.taxonomy.ids)
+    features, _ = embed_with_cache(LayerFeatures(encoder, model.early_exit.layer), texts,
+                                   cache_dir)
+    alone = model.early_exit.keeps(features)
+    both = alone.copy()
+    if model.prefilter is not None:
+        ids = encoder.token_ids(texts) if model.prefilter.uses_tokens else None
+        both &= model.prefilter.probability(texts, ids) >= model.prefilter.threshold
+
+    def share(flags, mask):
+        return round(float(flags[mask].mean()), 4) if mask.any() else None
+
+    return {"n": len(texts), "misaligned_recall": share(alone, y_mis),
+            "misaligned_recall_both_stages": share(both, y_mis),
+            "ordinary_passages": int(ordinary.sum()),
+            "ordinary_pass_rate": share(alone, ordinary),
+            "ordinary_pass_rate_both_stages": share(both, ordinary),
+            "negative_pass_rate_both_stages": share(both, ~y_any)}
 
 
 def n_labels(model: Model) -> int:

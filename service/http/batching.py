@@ -49,6 +49,8 @@ class _Request:
     classifier: object = None  # the version that encoded its first part answers all of it
     submitted: float = 0.0  # time.monotonic() at admission
     interactive: bool = False  # small: held to max_wait_seconds
+    may_exit: bool = True  # passages may stop at the early exit; evidence sentences may not
+    exited: list = field(default_factory=list)
 
     @property
     def remaining(self) -> int:
@@ -190,14 +192,15 @@ class MicroBatcher:
                              f"(limit {self.max_queue_seconds:g} s); retry shortly")
 
     async def submit(self, texts: list[str], follow_up: bool = False
-                     ) -> tuple[Classifier, np.ndarray]:
-        """follow_up: the second step of an admitted request (evidence sentences), never
-        refused for the small requests' wait once its first step was encoded."""
+                     ) -> tuple[Classifier, np.ndarray, np.ndarray]:
+        """(classifier, scores, exited). follow_up: the second step of an admitted request
+        (evidence sentences: never stopped at the early exit), never refused for the small
+        requests' wait once its first step was encoded."""
         interactive = not follow_up and self._interactive(len(texts))
         self._admit(len(texts), interactive)
         loop = asyncio.get_running_loop()
         request = _Request(texts, loop.create_future(), submitted=time.monotonic(),
-                           interactive=interactive)
+                           interactive=interactive, may_exit=not follow_up)
         self.queue.append(request)
         self.waiting += len(texts)
         self._start(loop)
@@ -276,12 +279,14 @@ class MicroBatcher:
                     continue
                 classifier, picks = self._next_batch()
                 texts = [t for r, take in picks for t in r.texts[r.done:r.done + take]]
+                may_exit = np.array([r.may_exit for r, take in picks for _ in range(take)],
+                                    dtype=bool)
                 started = time.perf_counter()
                 self.call_started = time.monotonic()
                 self.call_seconds = len(texts) * (self.seconds_per_passage or 0.0)
                 try:
-                    probs = await loop.run_in_executor(self.executor, self._encode,
-                                                       classifier, texts)
+                    probs, exited = await loop.run_in_executor(
+                        self.executor, self._encode, classifier, texts, may_exit)
                 except Exception as exc:  # noqa: BLE001 - handed to every waiting caller
                     for r, _ in picks:
                         self._finish(r)
@@ -289,31 +294,36 @@ class MicroBatcher:
                             r.future.set_exception(exc)
                 else:
                     self._measure(time.perf_counter() - started, len(texts))
-                    self._hand_out(classifier, picks, probs)
+                    self._hand_out(classifier, picks, probs, exited)
                 finally:
                     self.batches += 1
                     self.call_seconds = 0.0
         finally:
             self.running = False
 
-    def _encode(self, classifier, texts: list[str]) -> np.ndarray:
-        if self.tuner is None:
-            return classifier.head_scores(texts)
-        threads = self.tuner.choose()
+    def _encode(self, classifier, texts: list[str], may_exit: np.ndarray
+                ) -> tuple[np.ndarray, np.ndarray]:
+        """(scores, exited): through the early exit where the classifier has one."""
+        threads = self.tuner.choose() if self.tuner is not None else None
         started = time.perf_counter()
-        probs = classifier.head_scores(texts)
-        self.tuner.record(threads, time.perf_counter() - started, len(texts))
-        return probs
+        if hasattr(classifier, "exit_scores"):
+            probs, exited = classifier.exit_scores(texts, may_exit)
+        else:  # a plain scorer (tests' stand-ins): the whole encoder
+            probs, exited = classifier.head_scores(texts), np.zeros(len(texts), dtype=bool)
+        if self.tuner is not None:
+            self.tuner.record(threads, time.perf_counter() - started, len(texts))
+        return probs, exited
 
     def _measure(self, seconds: float, passages: int) -> None:
         per = seconds / max(passages, 1)
         old = self.seconds_per_passage
         self.seconds_per_passage = per if old is None else 0.8 * old + 0.2 * per
 
-    def _hand_out(self, classifier, picks, probs: np.ndarray) -> None:
+    def _hand_out(self, classifier, picks, probs: np.ndarray, exited: np.ndarray) -> None:
         k = 0
         for r, take in picks:
             r.parts.append(probs[k:k + take])
+            r.exited.append(exited[k:k + take])
             r.done += take
             r.classifier = classifier
             self.waiting -= take
@@ -321,7 +331,8 @@ class MicroBatcher:
             if r.remaining == 0:
                 self.queue.remove(r)
                 if not r.future.done():
-                    r.future.set_result((classifier, np.concatenate(r.parts)))
+                    r.future.set_result((classifier, np.concatenate(r.parts),
+                                         np.concatenate(r.exited)))
 
     def _finish(self, r: _Request) -> None:
         if r in self.queue:

@@ -3,7 +3,8 @@ are one passage; longer ones are split and pooled like documents (never cut shor
 evidence sentences are scored in a second batched call. The same rules as the in-process
 Classifier.tag / tag_documents (tropes.documents), so every entry point answers alike.
 The cascade's first stage screens the passages here, before the batcher: only those it
-passes are queued (and counted for admission) for the encoder."""
+passes are queued (and counted for admission) for the encoder; the batcher runs them through
+the early exit (Classifier.exit_scores), evidence sentences through the whole encoder."""
 
 from __future__ import annotations
 
@@ -108,11 +109,12 @@ async def cascade(holder: ModelHolder, batcher: MicroBatcher, pieces: list[str],
     chosen = [p for p, ok in zip(pieces, passed) if ok]
     if not chosen:
         return screener, screener.merge(passed, cheap, screener.head_scores([])), ~passed
-    classifier, encoded = await submit(batcher, chosen)
+    classifier, encoded, exited = await submit(batcher, chosen)
     if classifier.version != screener.version:  # swapped in between: its own cascade
         probs, rejected = await asyncio.to_thread(classifier.cascade_scores, pieces)
         return classifier, probs, rejected
-    return classifier, classifier.merge(passed, cheap, encoded), ~passed
+    return classifier, classifier.merge(passed, cheap, encoded), classifier.rejected(
+        passed, exited)
 
 
 async def add_evidence(classifier: Classifier, batcher: MicroBatcher, texts: list[str],
@@ -123,7 +125,7 @@ async def add_evidence(classifier: Classifier, batcher: MicroBatcher, texts: lis
     sentences = [t[j.span.start:j.span.end] for t, doc in zip(texts, jobs) for j in doc]
     sentence_probs = classifier.head_scores([])
     if sentences:  # evidence is for the head's labels: sentences skip the prefilter
-        used, sentence_probs = await submit(batcher, sentences, follow_up=True)
+        used, sentence_probs, _ = await submit(batcher, sentences, follow_up=True)
         if used.version != classifier.version:  # the model was swapped in between
             sentence_probs = await asyncio.to_thread(classifier.head_scores, sentences)
     k = 0
