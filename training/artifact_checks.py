@@ -120,26 +120,34 @@ def check_weights(version: str, arrays: dict, labels: int, dim: int | None) -> N
                             f"{intercept.shape}; expected ({labels},)")
 
 
+def check_stage_section(section, files, version: str, name: str, kind: str, file: str):
+    """What every cascade stage's model.json section has: an object of this kind, its
+    arrays' file listed in 'files' with the same sha256, a threshold in [0, 1]. Returns the
+    error maker for the section's own fields."""
+    def bad(where: str, why: str):
+        return ArtifactError(f"model {version}: model.json '{name}{where}' {why}")
+
+    if not isinstance(section, dict):
+        raise bad("", "must be an object")
+    if section.get("kind") != kind:
+        raise bad(".kind", f"must be {kind!r}, not {section.get('kind')!r}")
+    if section.get("file") != file:
+        raise bad(".file", f"must be {file!r}")
+    sha = section.get("sha256")
+    if not isinstance(sha, str) or not isinstance(files, dict) or files.get(file) != sha:
+        raise bad(".sha256", f"must be a string that 'files' lists for {file}")
+    threshold = section.get("threshold")
+    if not _number(threshold) or not 0.0 <= threshold <= 1.0:
+        raise bad(".threshold", f"must be a number in [0, 1], not {threshold!r}")
+    return bad
+
+
 def check_prefilter_meta(section, files, version: str) -> None:
     """model.json's `prefilter` (format 3): the kind, the hashing the vectorizer is rebuilt
     from (exactly the parameters this tropes knows), the threshold and the file's sha256."""
     from .prefilter import FILE, KIND
 
-    def bad(where: str, why: str):
-        return ArtifactError(f"model {version}: model.json 'prefilter{where}' {why}")
-
-    if not isinstance(section, dict):
-        raise bad("", "must be an object")
-    if section.get("kind") != KIND:
-        raise bad(".kind", f"must be {KIND!r}, not {section.get('kind')!r}")
-    if section.get("file") != FILE:
-        raise bad(".file", f"must be {FILE!r}")
-    sha = section.get("sha256")
-    if not isinstance(sha, str) or not isinstance(files, dict) or files.get(FILE) != sha:
-        raise bad(".sha256", f"must be a string that 'files' lists for {FILE}")
-    threshold = section.get("threshold")
-    if not _number(threshold) or not 0.0 <= threshold <= 1.0:
-        raise bad(".threshold", f"must be a number in [0, 1], not {threshold!r}")
+    bad = check_stage_section(section, files, version, "prefilter", KIND, FILE)
     check_hashing(section.get("hashing"), bad)
     tokens = section.get("tokens")
     if tokens is not None and (not isinstance(tokens, dict) or not _count(
@@ -182,25 +190,11 @@ def check_early_exit(section, files, version: str, dim: int | None,
     [1], finite real floats within MAX_WEIGHT."""
     from .early_exit import FILE, KIND
 
-    def bad(where: str, why: str):
-        return ArtifactError(f"model {version}: model.json 'early_exit{where}' {why}")
-
-    if not isinstance(section, dict):
-        raise bad("", "must be an object")
-    if section.get("kind") != KIND:
-        raise bad(".kind", f"must be {KIND!r}, not {section.get('kind')!r}")
-    if section.get("file") != FILE:
-        raise bad(".file", f"must be {FILE!r}")
-    sha = section.get("sha256")
-    if not isinstance(sha, str) or not isinstance(files, dict) or files.get(FILE) != sha:
-        raise bad(".sha256", f"must be a string that 'files' lists for {FILE}")
+    bad = check_stage_section(section, files, version, "early_exit", KIND, FILE)
     if not _count(section.get("layer")) or section["layer"] > 64:
         raise bad(".layer", f"must be a positive integer, not {section.get('layer')!r}")
     if not _count(section.get("dim")) or (dim is not None and section["dim"] != dim):
         raise bad(".dim", f"must be the encoder's dimension {dim}, not {section.get('dim')!r}")
-    threshold = section.get("threshold")
-    if not _number(threshold) or not 0.0 <= threshold <= 1.0:
-        raise bad(".threshold", f"must be a number in [0, 1], not {threshold!r}")
     if not isinstance(section.get("cv", {}), dict):
         raise bad(".cv", "must be an object")
     if arrays is None:
