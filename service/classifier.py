@@ -224,7 +224,8 @@ class Classifier:
         when every passage was."""
         if len(spans) == 1:
             return self.results(probs, prefiltered)[0]
-        result = self.results(document_scores(probs)[None, :], _all(prefiltered))[0]
+        result = self.results(document_scores(probs, screened=prefiltered)[None, :],
+                              _all(prefiltered))[0]
         result.extra["passages_pooled"] = len(spans)
         return result
 
@@ -236,7 +237,8 @@ class Classifier:
             result = self.results(np.zeros((1, self.n_scores)))[0]
             result.passages, result.evidence = [], {}
             return result
-        result = self.results(document_scores(probs)[None, :], _all(prefiltered))[0]
+        result = self.results(document_scores(probs, screened=prefiltered)[None, :],
+                              _all(prefiltered))[0]
         result.passages = [{"start": s.start, "end": s.end, **r.to_dict()}
                            for s, r in zip(spans, self.results(probs, prefiltered))]
         result.evidence = {}

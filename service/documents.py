@@ -11,8 +11,10 @@ gives every extra passage another chance of a false label (n negatives clear a t
 about n times as often as one); the negatives' scores have an upper tail that falls off
 roughly exponentially in log-odds, so lowering the max by a multiple of ln(n) holds the
 false-label rate of all-negative documents about flat in n. A single passage (n = 1) is
-scored exactly as a passage. bench/document_length.py measures the rule on documents
-assembled from labels/test and prints the slope that holds the rate flat for the model."""
+scored exactly as a passage. Passages a cascade stage stopped (prefiltered) are not counted:
+their capped scores can never clear a threshold. bench/document_length.py measures the rule
+on documents assembled from labels/test and prints the slope that holds the rate flat for
+the model."""
 
 from __future__ import annotations
 
@@ -35,13 +37,16 @@ def _logit(p: np.ndarray) -> np.ndarray:
     return np.log(p / (1 - p))
 
 
-def document_scores(probs: np.ndarray, slope: float = DOCUMENT_SLOPE) -> np.ndarray:
-    """Per-label document scores from an (n passages x labels) array; length-corrected max."""
-    n = probs.shape[0]
-    if n == 0:
+def document_scores(probs: np.ndarray, slope: float = DOCUMENT_SLOPE,
+                    screened: np.ndarray | None = None) -> np.ndarray:
+    """Per-label document scores from an (n passages x labels) array; length-corrected max.
+    screened: per passage, whether a cascade stage stopped it. Its scores are capped under
+    every threshold, so it gives no extra chance of a false label and is not counted in n."""
+    if probs.shape[0] == 0:
         return np.zeros(probs.shape[1])
+    n = probs.shape[0] if screened is None else int(np.sum(~np.asarray(screened, dtype=bool)))
     best = probs.max(axis=0)
-    if n == 1 or slope == 0:
+    if n <= 1 or slope == 0:
         return best.astype(np.float64)
     return 1 / (1 + np.exp(-(_logit(best) - slope * np.log(n))))
 

@@ -8,6 +8,21 @@ from tropes.result import TagResult
 from tropes.splitter import Span
 
 
+def test_passages_a_cascade_stage_stopped_do_not_lower_the_max():
+    """A blackmail passage between two gardening passages the prefilter rejected lost its
+    manipulation label to the length correction (n = 3), although the stopped passages'
+    capped scores can never add a false label."""
+    probs = np.array([[0.004, 0.0], [0.56, 0.2], [0.0, 0.001]])
+    stopped = np.array([True, False, True])
+    assert document_scores(probs, screened=stopped).tolist() == pytest.approx([0.56, 0.2])
+    assert document_scores(probs)[0] < 0.45  # counted as three passages
+    two = document_scores(probs, screened=np.array([False, False, True]))
+    assert np.log(two[0] / (1 - two[0])) == pytest.approx(
+        np.log(0.56 / 0.44) - DOCUMENT_SLOPE * np.log(2))
+    all_stopped = document_scores(probs, screened=np.ones(3, dtype=bool))
+    assert all_stopped.tolist() == pytest.approx([0.56, 0.2])
+
+
 def test_one_passage_scores_as_a_passage_and_longer_documents_lower_the_max():
     probs = np.array([[0.3, 0.05]])
     assert document_scores(probs).tolist() == pytest.approx([0.3, 0.05])
