@@ -33,7 +33,8 @@ FOLDS = 5
 SEED = 0
 # labels/train files of ordinary text (web pages, forums, recipes, manuals): the pass rate
 # on their passages with no label is the cascade's saving; reported, never fitted on apart
-ORDINARY_FILES = ("web_everyday_a", "web_everyday_b", "web_technical", "negatives_web_2",
+ORDINARY_FILES = ("web_everyday_a", "web_everyday_b", "web_everyday_c", "web_everyday_d",
+                  "web_everyday_e", "web_technical", "negatives_web_2",
                   "negatives_general", "negatives_instructions_3")
 MAX_FEATURES = 2 ** 24
 
