@@ -124,7 +124,7 @@ def test_damaged_or_reshaped_early_exit_arrays_are_refused(workspace):
 
     meta["early_exit"]["sha256"] = meta["files"]["early_exit.npz"] = file_sha256(path)
     (folder / "model.json").write_text(json.dumps(meta))
-    with pytest.raises(ArtifactError, match="coef must be floats of shape"):
+    with pytest.raises(ArtifactError, match=r"early_exit.npz coef has shape \(5,\); expected"):
         load_model(workspace.models_dir, "v1")
 
 

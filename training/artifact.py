@@ -278,16 +278,16 @@ def _read_arrays(folder: Path, name: str, sha256: str, version: str) -> dict:
 def _load_early_exit(folder: Path, meta: dict, version: str, dim: int | None
                      ) -> EarlyExit | None:
     """The cascade's second stage, checked whole; None for a version without one."""
-    from .artifact_checks import check_early_exit
+    from .artifact_checks import check_early_exit_arrays, check_early_exit_meta
 
     section = meta.get("early_exit")
     if section is None:
         return None
     if meta.get("format_version", 0) < 4:
         raise ArtifactError(f"model {version}: model.json 'early_exit' needs format_version 4")
-    check_early_exit(section, meta.get("files"), version, dim)
+    check_early_exit_meta(section, meta.get("files"), version, dim)
     arrays = _read_arrays(folder, EARLY_EXIT_FILE, section["sha256"], version)
-    check_early_exit(section, meta.get("files"), version, dim, arrays)
+    check_early_exit_arrays(arrays, section, version)
     return EarlyExit(layer=int(section["layer"]), coef=arrays["coef"].astype(np.float32),
                      intercept=float(arrays["intercept"][0]),
                      threshold=float(section["threshold"]), report=section.get("cv"))

@@ -165,29 +165,33 @@ def check_prefilter_arrays(arrays: dict, section: dict, version: str) -> None:
     expected = {"ngram_coef": (section["hashing"]["n_features"],), "intercept": (1,)}
     if section.get("tokens") is not None:
         expected["token_weights"] = (section["tokens"]["vocab_size"],)
+    check_stage_arrays(arrays, expected, FILE, version)
+
+
+def check_stage_arrays(arrays: dict, expected: dict, file: str, version: str) -> None:
+    """A cascade stage's .npz: exactly the expected arrays, each of its expected shape,
+    finite real floats within MAX_WEIGHT."""
     if set(arrays) != set(expected):
-        raise ArtifactError(f"model {version}: {FILE} holds {sorted(arrays)}; expected "
+        raise ArtifactError(f"model {version}: {file} holds {sorted(arrays)}; expected "
                             f"{sorted(expected)}")
     for name, shape in expected.items():
         array = arrays[name]
         if array.dtype.kind != "f":
-            raise ArtifactError(f"model {version}: {FILE} {name} holds {array.dtype}, not "
+            raise ArtifactError(f"model {version}: {file} {name} holds {array.dtype}, not "
                                 "floats")
         if array.shape != shape:
-            raise ArtifactError(f"model {version}: {FILE} {name} has shape {array.shape}; "
+            raise ArtifactError(f"model {version}: {file} {name} has shape {array.shape}; "
                                 f"expected {shape}")
         if not np.isfinite(array).all():
-            raise ArtifactError(f"model {version}: {FILE} {name} holds NaN or infinite values")
+            raise ArtifactError(f"model {version}: {file} {name} holds NaN or infinite values")
         if array.size and np.abs(array).max() > MAX_WEIGHT:
-            raise ArtifactError(f"model {version}: {FILE} {name} holds values beyond "
+            raise ArtifactError(f"model {version}: {file} {name} holds values beyond "
                                 f"+-{MAX_WEIGHT:g}")
 
 
-def check_early_exit(section, files, version: str, dim: int | None,
-                     arrays: dict | None = None) -> None:
+def check_early_exit_meta(section, files, version: str, dim: int | None) -> None:
     """model.json's `early_exit` (format 4): kind, file and sha256, a layer inside the
-    encoder, a threshold in [0, 1]; with arrays, early_exit.npz: coef [dim] and intercept
-    [1], finite real floats within MAX_WEIGHT."""
+    encoder, its dimension, a threshold in [0, 1]."""
     from .early_exit import FILE, KIND
 
     bad = check_stage_section(section, files, version, "early_exit", KIND, FILE)
@@ -197,20 +201,13 @@ def check_early_exit(section, files, version: str, dim: int | None,
         raise bad(".dim", f"must be the encoder's dimension {dim}, not {section.get('dim')!r}")
     if not isinstance(section.get("cv", {}), dict):
         raise bad(".cv", "must be an object")
-    if arrays is None:
-        return
-    expected = {"coef": (section["dim"],), "intercept": (1,)}
-    if set(arrays) != set(expected):
-        raise ArtifactError(f"model {version}: {FILE} holds {sorted(arrays)}; expected "
-                            f"{sorted(expected)}")
-    for name, shape in expected.items():
-        array = arrays[name]
-        if array.dtype.kind != "f" or array.shape != shape:
-            raise ArtifactError(f"model {version}: {FILE} {name} must be floats of shape "
-                                f"{shape}, not {array.dtype} {array.shape}")
-        if not np.isfinite(array).all() or (array.size and np.abs(array).max() > MAX_WEIGHT):
-            raise ArtifactError(f"model {version}: {FILE} {name} holds NaN, infinite or "
-                                f"out-of-range values")
+
+
+def check_early_exit_arrays(arrays: dict, section: dict, version: str) -> None:
+    """early_exit.npz: coef [dim] and intercept [1]."""
+    from .early_exit import FILE
+
+    check_stage_arrays(arrays, {"coef": (section["dim"],), "intercept": (1,)}, FILE, version)
 
 
 def check_hashing(hashing, bad) -> None:

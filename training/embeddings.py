@@ -245,25 +245,17 @@ class MiniLMEncoder:
     def layer_features(self, texts: list[str], layer: int) -> np.ndarray:
         """[n, dim]: the mean over word pieces of layer `layer`'s hidden states (the
         early exit's input), for fitting the exit in training."""
-        out = np.zeros((len(texts), self.dim), dtype=np.float32)
-        order = self._length_order(texts)
-        with self._torch.inference_mode(), self._autocast():
-            for start in range(0, len(texts), self.batch_size):
-                rows = order[start:start + self.batch_size]
-                hidden, mask = self._embed_batch([texts[i] for i in rows])
-                hidden = self._run_layers(hidden, mask, 0, layer)
-                out[rows] = self._mean_pool(hidden.float(), mask).cpu().numpy()
-        self._release_memory()
-        return out
+        return self.encode_with_exit(texts, layer,
+                                     lambda rows, f: np.zeros(len(rows), dtype=bool))[0]
 
     def encode_with_exit(self, texts: list[str], layer: int, keep
                          ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The encoder with an early exit after `layer`: keep(rows, features [b, dim]) ->
         bool [b] says which texts (rows: their indices in texts) go on through the remaining
-        layers. Returns (exit features [n, dim],
-        kept [n], embeddings of the kept texts in input order [kept.sum(), dim]). The kept
-        texts' hidden states are regrouped into full batches for the remaining layers, so
-        their embeddings match `encode`'s (the same arithmetic on the same rows)."""
+        layers. Returns (exit features [n, dim], kept [n], embeddings of the kept texts in
+        input order [kept.sum(), dim]). The kept texts' hidden states are regrouped into full
+        batches for the remaining layers, so their embeddings match `encode`'s (the same
+        arithmetic on the same rows)."""
         torch = self._torch
         n = len(texts)
         features = np.zeros((n, self.dim), dtype=np.float32)
