@@ -5,6 +5,11 @@ and the one-vs-rest logistic regression is fitted afterwards on the new embeddin
 classifier stays the calibrated, thresholded scikit-learn head the rest of tropes knows.
 The recipe (NOTES.md, measured here): AdamW, lr 5e-5 body / 2e-3 head, pos_weight capped at 6,
 batch 16, linear warm-up and decay, bf16 autocast on CPUs that have bf16 instructions.
+
+A second, smaller loss trains the early exit's input with the body: a linear "any label"
+logit over the L2-normalised mean of layer `exit_layer`'s hidden states (the features the
+cascade's early exit reads). Without it, layer 2 is only what the last layer needs; with it,
+ordinary text can be told apart there, and more of it stops after a third of the encoder.
 """
 
 from __future__ import annotations
@@ -30,9 +35,36 @@ class FinetuneConfig:
     seed: int = 0
     # batches are cut from length-sorted pools of this many batches: less padding, still shuffled
     bucket_batches: int = 16
+    # the early exit's layer and the weight of its "any label" loss (0: none)
+    exit_layer: int = 2
+    exit_loss_weight: float = 0.5
 
     def describe(self) -> dict:
-        return {"objective": "multi-label BCE over mean pooling", **asdict(self)}
+        objective = "multi-label BCE over mean pooling"
+        if self.exit_loss_weight:
+            objective += f" + any-label BCE on layer {self.exit_layer}'s mean"
+        return {"objective": objective, **asdict(self)}
+
+
+def capture_layer_output(model, layer: int):
+    """Register a hook keeping the hidden states after transformer layer `layer` (1-based)
+    of a SentenceTransformer; returns (store dict with key "hidden", hook handle)."""
+    store: dict = {}
+    block = model[0].auto_model.encoder.layer[layer - 1]
+
+    def keep(_module, _inputs, output):
+        store["hidden"] = output[0] if isinstance(output, tuple) else output
+
+    return store, block.register_forward_hook(keep)
+
+
+def normalised_mean(hidden, mask):
+    """The early exit's features: the L2-normalised mean of hidden states over word pieces."""
+    import torch
+
+    weights = mask.unsqueeze(-1).to(hidden.dtype)
+    mean = (hidden * weights).sum(1) / weights.sum(1).clamp(min=1e-9)
+    return torch.nn.functional.normalize(mean, dim=1)
 
 
 def length_bucketed_batches(lengths: np.ndarray, batch_size: int, pool_batches: int,
@@ -70,9 +102,15 @@ def finetune_body(model, texts: list[str], targets: np.ndarray, config: Finetune
     positives = y.sum(0)
     pos_weight = ((len(y) - positives) / positives.clamp(min=1)).clamp(max=config.pos_weight_cap)
     loss_fn = nn.BCEWithLogitsLoss(pos_weight=pos_weight)
+    exit_head = nn.Linear(dim, 1).to(device)
+    any_label = y.amax(1, keepdim=True)
+    exit_loss_fn = nn.BCEWithLogitsLoss()
+    exit_store, exit_hook = (capture_layer_output(model, config.exit_layer)
+                             if config.exit_loss_weight else ({}, None))
+    heads = list(head.parameters()) + (list(exit_head.parameters()) if exit_hook else [])
     optimizer = torch.optim.AdamW([
         {"params": body.parameters(), "lr": config.lr_body, "weight_decay": config.weight_decay},
-        {"params": head.parameters(), "lr": config.lr_head, "weight_decay": 0.0},
+        {"params": heads, "lr": config.lr_head, "weight_decay": 0.0},
     ])
     tokenizer = model.tokenizer
     lengths = np.array([min(len(ids), config.max_tokens)
@@ -102,18 +140,24 @@ def finetune_body(model, texts: list[str], targets: np.ndarray, config: Finetune
                 embedding = body(features)["sentence_embedding"]
                 logits = head(embedding)
             loss = loss_fn(logits.float(), y[idx])
+            if exit_hook is not None:
+                exit_logit = exit_head(normalised_mean(exit_store.pop("hidden").float(),
+                                                       features["attention_mask"]))
+                loss = loss + config.exit_loss_weight * exit_loss_fn(exit_logit, any_label[idx])
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(list(body.parameters()) + list(head.parameters()), 1.0)
+            torch.nn.utils.clip_grad_norm_(list(body.parameters()) + heads, 1.0)
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
-            running += float(loss)
+            running += float(loss.detach())
             bar.update(1)
             bar.set_postfix(epoch=epoch + 1, loss=f"{running / (step + 1):.3f}")
         model.eval()
         if after_epoch is not None:
             after_epoch(epoch + 1, model)
     bar.close()
+    if exit_hook is not None:
+        exit_hook.remove()
     model.eval()
     return model
 
