@@ -30,20 +30,28 @@ class Head:
         return sigmoid(self.decision(x))
 
 
-def _fit_column(x, y, c, class_weight):
+def _fit_column(x, y, c, class_weight, start=None):
+    """(coef, intercept) of one label's logistic regression; `start`, a (coef, intercept)
+    from a nearby C, is where lbfgs begins (the optimum is the same, it gets there sooner)."""
     from sklearn.linear_model import LogisticRegression
 
     if y.min() == y.max():  # a label with one class: constant score
         return np.zeros(x.shape[1]), (8.0 if y[0] else -8.0)
-    model = LogisticRegression(C=c, class_weight=class_weight, max_iter=5000, tol=1e-6)
+    model = LogisticRegression(C=c, class_weight=class_weight, max_iter=5000, tol=1e-6,
+                               warm_start=start is not None)
+    if start is not None:
+        model.coef_, model.intercept_ = start[0][None, :].copy(), np.array([start[1]])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         model.fit(x, y)
     return model.coef_[0], float(model.intercept_[0])
 
 
-def fit_ovr(x: np.ndarray, y: np.ndarray, c: float, class_weight) -> Head:
-    fitted = [_fit_column(x, y[:, j], c, class_weight) for j in range(y.shape[1])]
+def fit_ovr(x: np.ndarray, y: np.ndarray, c: float, class_weight, start: Head | None = None
+            ) -> Head:
+    fitted = [_fit_column(x, y[:, j], c, class_weight,
+                          None if start is None else (start.coef[j], start.intercept[j]))
+              for j in range(y.shape[1])]
     return Head(np.stack([w for w, _ in fitted]), np.array([b for _, b in fitted]))
 
 
@@ -52,13 +60,18 @@ def fold_indices(n: int, folds: int, seed: int) -> list[np.ndarray]:
     return [order[i::folds] for i in range(folds)]
 
 
-def out_of_fold_decisions(x, y, c, class_weight, folds=5, seed=0) -> np.ndarray:
-    out = np.zeros(y.shape, dtype=np.float64)
+def out_of_fold_path(x, y, c_grid, class_weight, folds=5, seed=0) -> dict[float, np.ndarray]:
+    """Out-of-fold decisions for every C of the grid. Each fold walks C upwards and starts
+    each fit from the previous C's weights: a warm start, the same optima, about half the
+    lbfgs iterations (the search is most of a warm retrain's time)."""
+    out = {c: np.zeros(y.shape, dtype=np.float64) for c in c_grid}
     for test_idx in fold_indices(len(x), folds, seed):
         train_mask = np.ones(len(x), dtype=bool)
         train_mask[test_idx] = False
-        head = fit_ovr(x[train_mask], y[train_mask], c, class_weight)
-        out[test_idx] = head.decision(x[test_idx])
+        head = None
+        for c in sorted(c_grid):
+            head = fit_ovr(x[train_mask], y[train_mask], c, class_weight, start=head)
+            out[c][test_idx] = head.decision(x[test_idx])
     return out
 
 
@@ -91,17 +104,18 @@ def _search(x, y, folds, seed, c_grid, class_weights, progress, rows):
     from sklearn.metrics import average_precision_score
     from tqdm import tqdm
 
-    grid = [(c, cw) for cw in class_weights for c in c_grid]
     report = []
     best = None
-    for c, cw in tqdm(grid, desc="choosing C", disable=not progress):
-        oof = out_of_fold_decisions(x, y, c, cw, folds, seed)
-        ap = float(np.mean([average_precision_score(y[rows, j], oof[rows, j])
-                            for j in range(y.shape[1]) if y[rows, j].any()]))
-        report.append({"C": c, "class_weight": cw or "none", "cv_mean_average_precision":
-                       round(ap, 4)})
-        if best is None or ap > best[0] + 1e-9:
-            best = (ap, c, cw, oof)
+    for cw in tqdm(class_weights, desc="choosing C", disable=not progress):
+        path = out_of_fold_path(x, y, c_grid, cw, folds, seed)
+        for c in c_grid:
+            oof = path[c]
+            ap = float(np.mean([average_precision_score(y[rows, j], oof[rows, j])
+                                for j in range(y.shape[1]) if y[rows, j].any()]))
+            report.append({"C": c, "class_weight": cw or "none",
+                           "cv_mean_average_precision": round(ap, 4)})
+            if best is None or ap > best[0] + 1e-9:
+                best = (ap, c, cw, oof)
     _, c, cw, oof = best
     scales = [platt(oof[rows, j], y[rows, j]) for j in range(y.shape[1])]
     a = np.array([s for s, _ in scales])
